@@ -22,7 +22,8 @@ config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
+# Metadata handed in by a caller (pytest-alembic, the template's tests) takes the models' place.
+target_metadata = config.attributes.get("target_metadata", Base.metadata)
 
 
 def configure(**kwargs: Any) -> None:
