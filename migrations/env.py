@@ -23,7 +23,7 @@ if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 # Metadata handed in by a caller (pytest-alembic, the template's tests) takes the models' place.
-target_metadata = config.attributes.get("target_metadata", Base.metadata)
+target_metadata = config.attributes.get("target_metadata") or Base.metadata
 
 
 def configure(**kwargs: Any) -> None:
