@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import URL, Connection
 
 from app.database import resolve_url
-from app.migration import errors, locking, pgai, rendering
+from app.migration import comparison, errors, locking, pgai, rendering, timeouts, validation
 from app.models import Base
 
 config = context.config
@@ -25,14 +25,23 @@ if config.config_file_name is not None:
 # Metadata handed in by a caller (pytest-alembic, the template's tests) takes the models' place.
 target_metadata = config.attributes.get("target_metadata") or Base.metadata
 
+# op.create_vectorizer and op.drop_vectorizer, when the optional pgai group is installed.
+pgai.register_operations()
+
 
 def configure(**kwargs: Any) -> None:
     """``context.configure`` with the options every mode shares: metadata, comparison, rendering."""
     context.configure(
         target_metadata=target_metadata,
         compare_type=True,
+        # Alembic's comparators plus ours: index methods, WITH, operator classes, vector dimensions;
+        # and, before any comparison, a check of the models' vector indexes against pgvector.
+        autogenerate_plugins=[
+            "alembic.autogenerate.*",
+            comparison.PLUGIN_NAME,
+            validation.PLUGIN_NAME,
+        ],
         render_item=rendering.render_item,
-        include_object=pgai.include_object_for(target_metadata),
         **kwargs,
     )
 
@@ -48,10 +57,13 @@ def database_url() -> URL:
 def run_migrations_offline() -> None:
     """Write the migrations as SQL (``alembic upgrade --sql``) without connecting anywhere.
 
-    The script starts by creating the ``vector`` extension, so it applies to an empty database.
+    The script starts by setting the migration timeouts and creating the ``vector`` extension,
+    so it applies to an empty database as safely as ``alembic upgrade`` would.
     """
     configure(dialect_name="postgresql", literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
+        for statement in timeouts.statements():
+            context.execute(statement)
         context.execute(locking.CREATE_EXTENSION_SQL)
         context.run_migrations()
 
@@ -59,10 +71,17 @@ def run_migrations_offline() -> None:
 def run_migrations_on(connection: Connection) -> None:
     """Run the migrations on ``connection`` while holding the migration lock."""
     rendering.register_vector_types(connection.dialect)
+    exclusion = pgai.Exclusion(target_metadata, connection)
     with locking.migration_lock(connection):
-        configure(connection=connection)
+        configure(
+            connection=connection,
+            include_name=exclusion.include_name,
+            include_object=exclusion.include_object,
+        )
         with context.begin_transaction():
-            locking.create_vector_extension(connection)
+            timeouts.apply(connection)
+            installed = locking.create_vector_extension(connection)
+            validation.check_pgvector_version(installed, target_metadata)
             context.run_migrations()
 
 

@@ -7,6 +7,8 @@ password masked, never from the raw connection string. Anything unexpected keeps
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from app.database import DatabaseConfigError
+from app.migration import timeouts
 
 # SQLSTATE codes, see https://www.postgresql.org/docs/current/errcodes-appendix.html
 INVALID_PASSWORD = "28P01"
@@ -23,6 +26,18 @@ INVALID_CATALOG_NAME = "3D000"
 INSUFFICIENT_PRIVILEGE = "42501"
 FEATURE_NOT_SUPPORTED = "0A000"
 UNDEFINED_FILE = "58P01"
+DATA_EXCEPTION = "22000"
+STRING_DATA_LENGTH_MISMATCH = "22026"
+LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
+
+# pgvector's complaint about a vector of the wrong size, and PostgreSQL's about a bit string.
+DIMENSION_MISMATCH = re.compile(
+    r"expected \d+ dimensions, not \d+|bit string length \d+ does not match type bit\(\d+\)"
+)
+ALTER_COLUMN_TYPE = re.compile(
+    r"ALTER TABLE (?P<table>\S+) ALTER COLUMN (?P<column>\S+) TYPE (?P<type>[^\s;]+)", re.IGNORECASE
+)
 
 
 @contextmanager
@@ -75,7 +90,60 @@ def describe(error: DBAPIError, url: URL | None) -> str | None:
             "is the server running? (docker compose up -d db, "
             "or unset DATABASE_URL for the embedded server)"
         )
+    return timed_out(code, text, error.statement) or dimension_mismatch(code, text, error.statement)
+
+
+def dimension_mismatch(code: str | None, text: str, statement: str | None) -> str | None:
+    """Explain a column type change that stored rows of another dimension cannot follow.
+
+    Returns ``None`` when the error is about something else.
+    """
+    mismatch = DIMENSION_MISMATCH.search(text)
+    if code not in {DATA_EXCEPTION, STRING_DATA_LENGTH_MISMATCH} or mismatch is None:
+        return None
+    change = ALTER_COLUMN_TYPE.search(statement or "")
+    what = (
+        f"{change['table']}.{change['column']} to {change['type']}"
+        if change
+        else "the vector column's type"
+    )
+    return (
+        f"cannot change {what}: rows already stored do not fit ({mismatch.group()}); "
+        "the migration was rolled back. Embeddings of another size need a new column, "
+        'see the README, "Changing an embedding\'s dimensions"'
+    )
+
+
+def timed_out(code: str | None, text: str, statement: str | None) -> str | None:
+    """Explain a statement that ``lock_timeout`` or ``statement_timeout`` canceled.
+
+    Returns ``None`` when the error is about something else, or a cancellation with another cause
+    (``pg_cancel_backend``).
+    """
+    if code not in {LOCK_NOT_AVAILABLE, QUERY_CANCELED}:
+        return None
+    running = f" ({shorten(statement)})" if statement else ""
+    if "lock timeout" in text:
+        limit = timeouts.settings()["lock_timeout"].text
+        return (
+            f"a migration statement{running} waited over {limit} for a lock held by another "
+            "session (a long query or an open transaction; pg_locks shows it) and was canceled, "
+            "and the migration was rolled back; retry when that session is done, "
+            f"or raise {timeouts.DDL_LOCK_TIMEOUT_ENV}"
+        )
+    if "statement timeout" in text:
+        limit = timeouts.settings()["statement_timeout"].text
+        return (
+            f"a migration statement{running} ran for over {limit} and was canceled, and the "
+            f"migration was rolled back; raise {timeouts.STATEMENT_TIMEOUT_ENV} for this run "
+            "(0 for no limit), or build vector indexes on populated tables concurrently"
+        )
     return None
+
+
+def shorten(statement: str) -> str:
+    """The start of ``statement`` on one line, enough to recognise it."""
+    return textwrap.shorten(" ".join(statement.split()), width=80, placeholder=" ...")
 
 
 def location(url: URL | None) -> str:

@@ -1,0 +1,1 @@
+"""Autogenerate, upgrade, check and downgrade with pgvector, driven in-process (see ``project``)."""

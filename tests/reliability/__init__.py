@@ -1,0 +1,1 @@
+"""Production safety: many replicas, timeouts, interrupted runs, bad input, secrets, linting."""

@@ -1,0 +1,47 @@
+"""Fixtures of the reliability tests: migrations of their own, and servers of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from . import servers
+from .revisions import Migrations
+
+# Every character that breaks naive handling: % (configparser), @ and : (URLs).
+PASSWORD = "p%ss@w:rd"
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Migrations:
+    """The shipped migrations; the test adds its revisions after them."""
+    return Migrations(tmp_path / "migrations")
+
+
+@pytest.fixture(scope="session")
+def password_server() -> Iterator[servers.Server]:
+    """A PostgreSQL + pgvector server of its own that checks passwords (``PASSWORD``)."""
+    with servers.start(servers.EMBEDDED_BIN, PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def server_without_pgvector() -> Iterator[servers.Server]:
+    """The operating system's PostgreSQL, which has no pgvector (Debian's ``postgresql``)."""
+    bin_dir = servers.system_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL from the operating system (apt-get install postgresql)")
+    with servers.start(bin_dir, PASSWORD) as server:
+        engine = create_engine(server.url(), poolclass=NullPool)
+        with engine.connect() as connection:
+            available = connection.scalar(
+                text("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'")
+            )
+        engine.dispose()
+        if available:
+            pytest.skip(f"the operating system's PostgreSQL in {bin_dir} has pgvector")
+        yield server
