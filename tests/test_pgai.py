@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
 from app import pgai_setup
+from app.migration.errors import location
 from app.migration.pgai import Exclusion, register_operations
 from app.migration.rendering import register_vector_types
 
@@ -279,6 +280,25 @@ def test_blog_example_upgrades_checks_clean_and_downgrades(tmp_path: Path, engin
     command.upgrade(config, "head")
     assert vectorizers(engine) == ["blog_content_embedder"]
     command.check(config)
+
+
+def test_vectorizer_before_pgai_install_fails_in_one_line(
+    tmp_path: Path, fresh_database_url: URL
+) -> None:
+    config = alembic_config(tmp_path, blog_models())
+    autogenerate(config, "0001")
+    (versions(config) / "0002_blog_vectorizer.py").write_text(BLOG_VECTORIZER)
+    with pytest.raises(CommandError) as raised:
+        command.upgrade(config, "head")
+    assert str(raised.value) == (
+        f"database '{fresh_database_url.database}' at {location(fresh_database_url)} has no pgai "
+        "library (schema ai); run `poetry run pgai-install` once, then migrate again"
+    )
+    engine = create_engine(fresh_database_url, poolclass=NullPool)
+    assert inspect(engine).get_table_names() == ["alembic_version"]  # made by autogenerate
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM alembic_version")) == 0
+    engine.dispose()
 
 
 @pytest.mark.usefixtures("pgai_url")

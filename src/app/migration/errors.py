@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from alembic.util import CommandError
 from sqlalchemy.engine import URL
@@ -24,6 +25,7 @@ INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
 INVALID_CATALOG_NAME = "3D000"
 INSUFFICIENT_PRIVILEGE = "42501"
+INVALID_SCHEMA_NAME = "3F000"
 FEATURE_NOT_SUPPORTED = "0A000"
 UNDEFINED_FILE = "58P01"
 DATA_EXCEPTION = "22000"
@@ -56,52 +58,106 @@ def reported(url: URL | None = None) -> Iterator[None]:
 
 def describe(error: DBAPIError, url: URL | None) -> str | None:
     """Explain ``error`` in one line, or return ``None`` if it is not an expected failure."""
-    code = getattr(error.orig, "pgcode", None)
-    text = str(error.orig)
-    where = location(url)
-    user = url.username if url is not None else "?"
-    database = url.database if url is not None else "?"
-    if code in {INVALID_PASSWORD, INVALID_AUTHORIZATION} or "authentication failed" in text:
-        return (
-            f"PostgreSQL at {where} rejected user '{user}' (authentication failed); "
-            "check the user and password in DATABASE_URL"
-        )
-    if code == INVALID_CATALOG_NAME or (
-        "database" in text and "does not exist" in text and code is None
+    failure = Failure(
+        code=getattr(error.orig, "pgcode", None),
+        text=str(error.orig),
+        statement=error.statement,
+        where=location(url),
+        user=url.username if url is not None else "?",
+        database=url.database if url is not None else "?",
+    )
+    for explain in EXPLANATIONS:
+        message = explain(failure)
+        if message is not None:
+            return message
+    return None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What an explanation needs to know of a failed statement: no password among it."""
+
+    code: str | None
+    text: str
+    statement: str | None
+    where: str
+    user: str | None
+    database: str | None
+
+
+def authentication_failed(failure: Failure) -> str | None:
+    """Wrong user or password."""
+    if failure.code not in {INVALID_PASSWORD, INVALID_AUTHORIZATION} and (
+        "authentication failed" not in failure.text
     ):
-        return (
-            f"database '{database}' does not exist on PostgreSQL at {where}; "
-            f'create it (CREATE DATABASE "{database}") or fix the name in DATABASE_URL'
-        )
-    if "vector" in text and (code in {FEATURE_NOT_SUPPORTED, UNDEFINED_FILE}):
-        return (
-            f"PostgreSQL at {where} has no pgvector extension to install; use the compose image "
-            "(docker compose up -d db), the embedded default (unset DATABASE_URL), "
-            "or install pgvector on that server"
-        )
-    if code == INSUFFICIENT_PRIVILEGE and "extension" in text:
-        return (
-            f"user '{user}' may not create the vector extension in database '{database}' "
-            f"at {where}; have a superuser run CREATE EXTENSION vector; in that database once"
-        )
-    if code is None and error.connection_invalidated is False and is_unreachable(text):
-        return (
-            f"cannot connect to PostgreSQL at {where} (database '{database}'): {first_line(text)}; "
-            "is the server running? (docker compose up -d db, "
-            "or unset DATABASE_URL for the embedded server)"
-        )
-    return timed_out(code, text, error.statement) or dimension_mismatch(code, text, error.statement)
-
-
-def dimension_mismatch(code: str | None, text: str, statement: str | None) -> str | None:
-    """Explain a column type change that stored rows of another dimension cannot follow.
-
-    Returns ``None`` when the error is about something else.
-    """
-    mismatch = DIMENSION_MISMATCH.search(text)
-    if code not in {DATA_EXCEPTION, STRING_DATA_LENGTH_MISMATCH} or mismatch is None:
         return None
-    change = ALTER_COLUMN_TYPE.search(statement or "")
+    return (
+        f"PostgreSQL at {failure.where} rejected user '{failure.user}' (authentication failed); "
+        "check the user and password in DATABASE_URL"
+    )
+
+
+def database_missing(failure: Failure) -> str | None:
+    """The URL names a database the server does not have."""
+    if failure.code != INVALID_CATALOG_NAME and not (
+        failure.code is None and re.search(r'database ".*" does not exist', failure.text)
+    ):
+        return None
+    return (
+        f"database '{failure.database}' does not exist on PostgreSQL at {failure.where}; "
+        f'create it (CREATE DATABASE "{failure.database}") or fix the name in DATABASE_URL'
+    )
+
+
+def pgvector_missing(failure: Failure) -> str | None:
+    """The server has no pgvector to create the extension from."""
+    if failure.code not in {FEATURE_NOT_SUPPORTED, UNDEFINED_FILE} or "vector" not in failure.text:
+        return None
+    return (
+        f"PostgreSQL at {failure.where} has no pgvector extension to install; use the compose "
+        "image (docker compose up -d db), the embedded default (unset DATABASE_URL), "
+        "or install pgvector on that server"
+    )
+
+
+def extension_not_allowed(failure: Failure) -> str | None:
+    """The role may not create the extension."""
+    if failure.code != INSUFFICIENT_PRIVILEGE or "extension" not in failure.text:
+        return None
+    return (
+        f"user '{failure.user}' may not create the vector extension in database "
+        f"'{failure.database}' at {failure.where}; have a superuser run CREATE EXTENSION vector; "
+        "in that database once"
+    )
+
+
+def pgai_missing(failure: Failure) -> str | None:
+    """A migration calls pgai's functions before ``pgai-install`` has created them."""
+    if failure.code != INVALID_SCHEMA_NAME or 'schema "ai"' not in failure.text:
+        return None
+    return (
+        f"database '{failure.database}' at {failure.where} has no pgai library (schema ai); "
+        "run `poetry run pgai-install` once, then migrate again"
+    )
+
+
+def unreachable(failure: Failure) -> str | None:
+    """Nothing answers at the host and port (or socket) of the URL."""
+    if failure.code is not None or not is_unreachable(failure.text):
+        return None
+    return (
+        f"cannot connect to PostgreSQL at {failure.where} (database '{failure.database}'): "
+        f"{first_line(failure.text)}; is the server running? (docker compose up -d db, "
+        "or unset DATABASE_URL for the embedded server)"
+    )
+
+
+def dimension_mismatch(failure: Failure) -> str | None:
+    """A column type change that stored rows of another dimension cannot follow."""
+    mismatch = DIMENSION_MISMATCH.search(failure.text)
+    if failure.code not in {DATA_EXCEPTION, STRING_DATA_LENGTH_MISMATCH} or mismatch is None:
+        return None
+    change = ALTER_COLUMN_TYPE.search(failure.statement or "")
     what = (
         f"{change['table']}.{change['column']} to {change['type']}"
         if change
@@ -114,16 +170,15 @@ def dimension_mismatch(code: str | None, text: str, statement: str | None) -> st
     )
 
 
-def timed_out(code: str | None, text: str, statement: str | None) -> str | None:
-    """Explain a statement that ``lock_timeout`` or ``statement_timeout`` canceled.
+def timed_out(failure: Failure) -> str | None:
+    """A statement that ``lock_timeout`` or ``statement_timeout`` canceled.
 
-    Returns ``None`` when the error is about something else, or a cancellation with another cause
-    (``pg_cancel_backend``).
+    A cancellation with another cause (``pg_cancel_backend``) is not explained.
     """
-    if code not in {LOCK_NOT_AVAILABLE, QUERY_CANCELED}:
+    if failure.code not in {LOCK_NOT_AVAILABLE, QUERY_CANCELED}:
         return None
-    running = f" ({shorten(statement)})" if statement else ""
-    if "lock timeout" in text:
+    running = f" ({shorten(failure.statement)})" if failure.statement else ""
+    if "lock timeout" in failure.text:
         limit = timeouts.settings()["lock_timeout"].text
         return (
             f"a migration statement{running} waited over {limit} for a lock held by another "
@@ -131,7 +186,7 @@ def timed_out(code: str | None, text: str, statement: str | None) -> str | None:
             "and the migration was rolled back; retry when that session is done, "
             f"or raise {timeouts.DDL_LOCK_TIMEOUT_ENV}"
         )
-    if "statement timeout" in text:
+    if "statement timeout" in failure.text:
         limit = timeouts.settings()["statement_timeout"].text
         return (
             f"a migration statement{running} ran for over {limit} and was canceled, and the "
@@ -139,6 +194,18 @@ def timed_out(code: str | None, text: str, statement: str | None) -> str | None:
             "(0 for no limit), or build vector indexes on populated tables concurrently"
         )
     return None
+
+
+EXPLANATIONS: tuple[Callable[[Failure], str | None], ...] = (
+    authentication_failed,
+    database_missing,
+    pgvector_missing,
+    extension_not_allowed,
+    pgai_missing,
+    unreachable,
+    dimension_mismatch,
+    timed_out,
+)
 
 
 def shorten(statement: str) -> str:
