@@ -76,13 +76,7 @@ def create_index_concurrently(
     context = op.get_context()
     with context.autocommit_block(), timeouts.lifted():
         if context.as_sql:
-            op.drop_index(
-                index_name,
-                table_name,
-                schema=schema,
-                if_exists=True,
-                postgresql_concurrently=True,
-            )
+            drop_if_exists(index_name, table_name, schema)
         else:
             valid = op.get_bind().scalar(INDEX_VALIDITY, {"name": index_name, "schema": schema})
             if valid:
@@ -105,13 +99,14 @@ def create_index_concurrently(
 def drop_index_concurrently(index_name: str, table_name: str, *, schema: str | None = None) -> None:
     """Drop an index with ``DROP INDEX CONCURRENTLY IF EXISTS``, without blocking the table."""
     with op.get_context().autocommit_block(), timeouts.lifted():
-        op.drop_index(
-            index_name,
-            table_name,
-            schema=schema,
-            if_exists=True,
-            postgresql_concurrently=True,
-        )
+        drop_if_exists(index_name, table_name, schema)
+
+
+def drop_if_exists(index_name: str, table_name: str, schema: str | None) -> None:
+    """``DROP INDEX CONCURRENTLY IF EXISTS``; call it inside an autocommit block."""
+    op.drop_index(
+        index_name, table_name, schema=schema, if_exists=True, postgresql_concurrently=True
+    )
 
 
 @contextmanager
