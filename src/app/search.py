@@ -35,7 +35,6 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
-from sqlalchemy.sql._typing import ColumnExpressionArgument
 
 from app.session import set_local
 
@@ -256,7 +255,7 @@ class VectorSearch(Generic[ModelT]):
             f"the query would scan the whole table; its indexes: {_describe(indexes)}"
         )
 
-    def statement(self, where: Iterable[ColumnExpressionArgument[bool]] = ()) -> Select[Any]:
+    def statement(self, where: Iterable[ColumnElement[bool]] = ()) -> Select[Any]:
         """``SELECT row, distance, similarity ... WHERE ... ORDER BY distance LIMIT :k``.
 
         Execute it with the parameters ``query`` (the vector) and ``k``. The vector column itself
@@ -271,7 +270,7 @@ class VectorSearch(Generic[ModelT]):
         query: QueryVector,
         k: int = 10,
         *,
-        where: Iterable[ColumnExpressionArgument[bool]] = (),
+        where: Iterable[ColumnElement[bool]] = (),
         settings: SearchSettings | None = None,
     ) -> list[Neighbor[ModelT]]:
         """The ``k`` rows nearest to ``query`` that match every ``where`` condition, nearest
@@ -287,7 +286,7 @@ class VectorSearch(Generic[ModelT]):
         key: object,
         k: int = 10,
         *,
-        where: Iterable[ColumnExpressionArgument[bool]] = (),
+        where: Iterable[ColumnElement[bool]] = (),
         settings: SearchSettings | None = None,
     ) -> list[Neighbor[ModelT]]:
         """The ``k`` rows nearest to the row whose primary key is ``key``, excluding that row.
