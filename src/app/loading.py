@@ -129,9 +129,8 @@ def load(
     and the table analyzed. Dropping an index locks the table until the transaction ends.
     """
     build = build or BuildSettings()
-    empty = connection.scalar(
-        text(f"SELECT NOT EXISTS (SELECT FROM {_table_name(connection, table)})")
-    )
+    name = _table_name(connection, table)
+    empty = connection.scalar(text(f"SELECT NOT EXISTS (SELECT FROM {name})"))
     indexes = _drop_vector_indexes(connection, table) if empty else {}
 
     started = time.perf_counter()
@@ -141,7 +140,7 @@ def load(
     copied = time.perf_counter()
     notices = _build_indexes(connection, indexes, build)
     built = time.perf_counter()
-    connection.execute(text(f"ANALYZE {_table_name(connection, table)}"))
+    connection.execute(text(f"ANALYZE {name}"))
     analyzed = time.perf_counter()
     return LoadResult(
         rows=count,
