@@ -56,7 +56,20 @@ class Sample(LoadingBase):
     sparse: Mapped[SparseVector | None] = mapped_column(SPARSEVEC(1000))
 
 
+class Packed(LoadingBase):
+    """Fixed-width columns only, whose rows the loader packs with one struct call each."""
+
+    __tablename__ = "loading_packed"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    small: Mapped[int | None] = mapped_column(SmallInteger)
+    flag: Mapped[bool | None] = mapped_column(Boolean)
+    dense: Mapped[list[float] | None] = mapped_column(VECTOR(DIM))
+    half: Mapped[list[float] | None] = mapped_column(HALFVEC(DIM))
+
+
 SAMPLE: Table = LoadingBase.metadata.tables["loading_sample"]
+PACKED: Table = LoadingBase.metadata.tables["loading_packed"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +85,7 @@ def engine(migrated_database_url: URL) -> Iterator[Engine]:
 def empty_tables(engine: Engine) -> None:
     """Each test starts from empty tables."""
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE product, loading_sample"))
+        connection.execute(text("TRUNCATE product, loading_sample, loading_packed"))
 
 
 def products(count: int, first: int = 1) -> list[tuple[Any, ...]]:
@@ -131,6 +144,38 @@ def test_every_encoded_type_round_trips(engine: Engine) -> None:
         (i, small, flag, label, Vector(v).to_binary(), HalfVector(h).to_binary(), s)
         for i, small, flag, label, v, h, s in expected
     ] + [(3, None, None, None, None, None, None)]
+
+
+def test_rows_of_fixed_width_columns_round_trip_whatever_their_form(engine: Engine) -> None:
+    """Lists and tuples of exact types are packed whole; other forms take the field-by-field
+    path, and both must store the same bytes."""
+    rng = np.random.default_rng(2)
+    dense = rng.standard_normal((4, DIM)).tolist()
+    rows: list[Any] = [
+        (1, 7, True, dense[0], dense[1]),
+        [2, -32768, False, tuple(dense[1]), tuple(dense[2])],
+        (3, 32767, None, Vector(dense[2]), HalfVector(dense[3])),
+        (4, None, True, dense[3], None),
+        (5, 1, False, [1, 2, 3, 4, 5, 6, 7, 8], dense[0]),
+    ]
+    with engine.begin() as connection:
+        copy_rows(connection, PACKED, rows)
+        stored = connection.execute(
+            text(
+                "SELECT id, small, flag, vector_send(dense), halfvec_send(half) "
+                "FROM loading_packed ORDER BY id"
+            )
+        ).all()
+
+    def binary(value: Any, kind: type[Vector] | type[HalfVector]) -> bytes | None:
+        if value is None:
+            return None
+        values = value.to_list() if isinstance(value, Vector | HalfVector) else list(value)
+        return kind(values).to_binary()
+
+    assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored] == [
+        (row[0], row[1], row[2], binary(row[3], Vector), binary(row[4], HalfVector)) for row in rows
+    ]
 
 
 def test_a_first_load_rebuilds_the_vector_index_then_analyzes(engine: Engine) -> None:
@@ -201,8 +246,8 @@ def bad(position: int, value: Any) -> tuple[Any, ...]:
     ("row", "message"),
     [
         (bad(3, [0.5] * 3), "embedding: expected 1536 dimensions, got 3"),
-        (bad(3, [math.nan] * 1536), "embedding: NaN and infinity cannot be stored"),
-        (bad(3, [1.0] * 1535 + [-math.inf]), "embedding: NaN and infinity cannot be stored"),
+        (bad(3, [math.nan] * 1536), "embedding: NaN not allowed in vector"),
+        (bad(3, [1.0] * 1535 + [-math.inf]), "embedding: infinite value not allowed in vector"),
         (bad(3, [1e39] * 1536), "embedding: a value is outside the range of vector"),
         (bad(3, ["0.5"] * 1536), "embedding: expected a list of numbers"),
         (bad(3, "[0.5, 0.5]"), "embedding: expected a list of numbers, got str"),
@@ -222,6 +267,41 @@ def test_a_bad_row_stops_the_load_and_leaves_nothing(
         load(connection, PRODUCT, [*products(5), row], batch_size=2)
     assert str(failed.value).startswith(f"line 6: {message}")
     assert count(engine) == 0
+
+
+GOOD_PACKED = (6, 1, True, [0.5] * DIM, [0.5] * DIM)
+
+
+def bad_packed(position: int, value: Any) -> tuple[Any, ...]:
+    """A row of the packed table, line 6, with the value at ``position`` replaced."""
+    return (*GOOD_PACKED[:position], value, *GOOD_PACKED[position + 1 :])
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (bad_packed(0, True), "id: expected an integer, got True"),
+        (bad_packed(0, 6.0), "id: expected an integer, got 6.0"),
+        (bad_packed(0, None), "id must not be null"),
+        (bad_packed(1, 32768), "small: 32768 is out of range for smallint"),
+        (bad_packed(2, 1), "flag: expected true or false, got 1"),
+        (bad_packed(3, [0.5] * (DIM + 1)), f"dense: expected {DIM} dimensions, got {DIM + 1}"),
+        (bad_packed(3, [None] * DIM), "dense: expected a list of numbers"),
+        (bad_packed(3, [3.5e38] * DIM), "dense: a value is outside the range of vector (float4)"),
+        (bad_packed(3, [math.nan] * DIM), "dense: NaN not allowed in vector"),
+        (bad_packed(4, [65520.0] * DIM), "half: a value is outside the range of halfvec (±65504)"),
+        (bad_packed(4, [-math.inf] * DIM), "half: infinite value not allowed in halfvec"),
+        ((*GOOD_PACKED, None), "expected 5 values (id, small, flag, dense, half)"),
+    ],
+)
+def test_a_bad_row_of_fixed_width_columns_is_named_like_any_other(
+    engine: Engine, row: tuple[Any, ...], message: str
+) -> None:
+    good = [(i, *GOOD_PACKED[1:]) for i in range(1, 6)]
+    with pytest.raises(LoadError) as failed, engine.begin() as connection:
+        load(connection, PACKED, [*good, row], batch_size=2)
+    assert str(failed.value) == f"line 6: {message}"
+    assert count(engine, "loading_packed") == 0
 
 
 def test_a_row_the_server_rejects_is_reported_by_its_line(engine: Engine) -> None:
@@ -249,7 +329,7 @@ def test_an_error_in_the_input_stops_the_load_and_leaves_nothing(engine: Engine)
     ("value", "message"),
     [
         ({1000: 1.0}, "sparse: an index is outside 0..999"),
-        ({1: math.nan}, "sparse: NaN and infinity cannot be stored"),
+        ({1: math.nan}, "sparse: NaN not allowed in sparsevec"),
         (SparseVector({1: 1.0}, 10), "sparse: expected 1000 dimensions, got 10"),
         ([1.0, 2.0], "sparse: expected a SparseVector or a dict, got list"),
     ],
@@ -263,9 +343,9 @@ def test_bad_sparse_vectors_are_refused(engine: Engine, value: Any, message: str
     ("dense", "half", "message"),
     [
         (None, [70000.0] * DIM, "half: a value is outside the range of halfvec"),
-        (None, [1.0] * (DIM - 1) + [math.inf], "half: NaN and infinity cannot be stored"),
-        (None, [math.nan] + [1.0] * (DIM - 1), "half: NaN and infinity cannot be stored"),
-        ([1.0] * (DIM - 1) + [-math.inf], None, "dense: NaN and infinity cannot be stored"),
+        (None, [1.0] * (DIM - 1) + [math.inf], "half: infinite value not allowed in halfvec"),
+        (None, [math.nan] + [1.0] * (DIM - 1), "half: NaN not allowed in halfvec"),
+        ([1.0] * (DIM - 1) + [-math.inf], None, "dense: infinite value not allowed in vector"),
     ],
 )
 def test_bad_halfvec_and_vector_values_are_refused(
