@@ -140,6 +140,34 @@ def test_expected_failures_are_one_line(
     assert err[0].startswith(f"pgvector-app: error: {message}")
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            ["--maintenance-work-mem", "lots"],
+            '--maintenance-work-mem: invalid value for parameter "maintenance_work_mem": "lots"',
+        ),
+        (
+            ["--parallel-workers", "-1"],
+            "--parallel-workers: -1 is outside the valid range for parameter "
+            '"max_parallel_maintenance_workers"',
+        ),
+    ],
+)
+def test_a_build_setting_the_server_refuses_is_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    engine: Engine,
+    setting: list[str],
+    message: str,
+) -> None:
+    path = write_products(tmp_path / "p.jsonl")
+    status, out, err = run(capsys, "load", str(path), *setting)
+    assert (status, out, len(err)) == (1, [], 1)
+    assert err[0].startswith(f"pgvector-app: error: {message}")
+    assert count(engine) == 0
+
+
 def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     environment = {**os.environ, DATABASE_URL_ENV: "postgresql://app:s3cret@127.0.0.1:9/app"}
     finished = subprocess.run(

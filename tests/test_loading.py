@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.loading import BuildSettings, LoadError, copy_rows, load
+from app.loading import BuildSettings, LoadError, SettingError, copy_rows, load
 from app.models import EMBEDDING_DIM, Base
 
 PRODUCT: Table = Base.metadata.tables["product"]
@@ -227,6 +227,21 @@ def test_build_settings_apply_to_the_build_only(engine: Engine) -> None:
     assert "hnsw graph no longer fits into maintenance_work_mem after" in result.notices[0]
     assert setting == "1MB"
     assert default != "1MB"
+
+
+def test_a_build_setting_the_server_refuses_stops_the_load_before_any_row(engine: Engine) -> None:
+    read: list[int] = []
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for row in products(3):
+            read.append(row[0])
+            yield row
+
+    with pytest.raises(SettingError) as refused, engine.begin() as connection:
+        load(connection, PRODUCT, rows(), build=BuildSettings(maintenance_work_mem="lots"))
+    assert refused.value.name == "maintenance_work_mem"
+    assert str(refused.value) == 'invalid value for parameter "maintenance_work_mem": "lots"'
+    assert read == []
 
 
 def test_progress_is_reported_per_batch(engine: Engine) -> None:

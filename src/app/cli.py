@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
 from app.database import DatabaseConfigError
-from app.loading import DEFAULT_BATCH_SIZE, BuildSettings, LoadError, load
+from app.loading import DEFAULT_BATCH_SIZE, BuildSettings, LoadError, SettingError, load
 from app.migration.errors import describe
 from app.models import Base, Product
 from app.search import SearchSettings, VectorSearch
@@ -37,6 +37,10 @@ from app.session import create_app_engine, session_factory
 PROG = "pgvector-app"
 FIELDS = ("id", "name", "description", "embedding")
 UNDEFINED_TABLE = "42P01"
+BUILD_OPTIONS = {
+    "maintenance_work_mem": "--maintenance-work-mem",
+    "max_parallel_maintenance_workers": "--parallel-workers",
+}
 
 
 class CommandError(Exception):
@@ -153,6 +157,8 @@ def load_command(engine: Engine, args: argparse.Namespace) -> None:
             )
         except LoadError as error:
             raise CommandError(f"{args.file}, {error}") from None
+        except SettingError as error:
+            raise CommandError(f"{BUILD_OPTIONS[error.name]}: {error}") from None
     print(
         f"Loaded {result.rows:,} rows into {Product.__tablename__} in {result.copy_seconds:.1f} s "
         f"({result.rows_per_second:,.0f} rows/s)"

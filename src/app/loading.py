@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import psycopg2
+import psycopg2.errors
 from pgvector import HalfVector, SparseVector, Vector
 from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
 from psycopg2.extensions import encodings
 from sqlalchemy import BigInteger, Boolean, Column, Integer, SmallInteger, String, Table, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from app.session import set_local
 
@@ -57,6 +59,14 @@ FIELD_COUNT = struct.Struct(">h")
 
 Encoder = Callable[[Any], bytes]
 ROW_TYPES = (list, tuple)
+
+
+class SettingError(ValueError):
+    """A :class:`BuildSettings` value the server refuses; ``name`` is the setting's."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.name = name
 
 
 class LoadError(Exception):
@@ -123,9 +133,12 @@ def load(
     Into an empty table (a first load), the table's HNSW and IVFFlat indexes are dropped, the rows
     copied, the indexes rebuilt exactly as the database defined them, with ``build`` settings, and
     the table analyzed. Into a table that has rows, the rows are copied with the indexes in place
-    and the table analyzed. Dropping an index locks the table until the transaction ends.
+    and the table analyzed. Dropping an index locks the table until the transaction ends. A
+    ``build`` value the server refuses raises :class:`SettingError` before anything is dropped or
+    sent.
     """
     build = build or BuildSettings()
+    _apply(connection, build)
     name = _table_name(connection, table)
     empty = connection.scalar(text(f"SELECT NOT EXISTS (SELECT FROM {name})"))
     indexes = _drop_vector_indexes(connection, table) if empty else {}
@@ -135,7 +148,7 @@ def load(
         connection, table, rows, columns=columns, batch_size=batch_size, progress=progress
     )
     copied = time.perf_counter()
-    notices = _build_indexes(connection, indexes, build)
+    notices = _build_indexes(connection, indexes)
     built = time.perf_counter()
     connection.execute(text(f"ANALYZE {name}"))
     analyzed = time.perf_counter()
@@ -189,7 +202,7 @@ def copy_rows(
                     raise stream.error from None
                 located = _located(error, sent)
                 if located is None:
-                    raise
+                    raise _as_sqlalchemy_error(error, sql) from error
                 raise located from error
             sent += stream.rows
             if progress is not None:
@@ -506,14 +519,24 @@ def _drop_vector_indexes(connection: Connection, table: Table) -> dict[str, str]
     return dict(found)
 
 
-def _build_indexes(
-    connection: Connection, indexes: dict[str, str], build: BuildSettings
-) -> tuple[str, ...]:
+def _apply(connection: Connection, build: BuildSettings) -> None:
+    """Set ``build`` for the rest of the transaction, so that a value the server refuses stops
+    the load before any row is sent rather than after all of them."""
+    for name, value in build.parameters().items():
+        try:
+            set_local(connection, {name: value})
+        except DBAPIError as error:
+            if not isinstance(error.orig, psycopg2.errors.InvalidParameterValue):
+                raise
+            hint = f"; {error.orig.diag.message_hint}" if error.orig.diag.message_hint else ""
+            raise SettingError(name, f"{error.orig.diag.message_primary}{hint}") from None
+
+
+def _build_indexes(connection: Connection, indexes: dict[str, str]) -> tuple[str, ...]:
     """Create each index from its definition; return the server's notices, such as pgvector's
     "hnsw graph no longer fits into maintenance_work_mem"."""
     if not indexes:
         return ()
-    set_local(connection, build.parameters())
     dbapi_connection = _psycopg2(connection)
     # Through the driver's own cursor: SQLAlchemy would log the notices and discard them. psycopg2
     # keeps the connection's last 50, and only the build's are wanted.
@@ -521,8 +544,17 @@ def _build_indexes(
     with dbapi_connection.cursor() as cursor:
         for name, definition in indexes.items():
             logger.info("Building index %s", name)
-            cursor.execute(definition)
+            try:
+                cursor.execute(definition)
+            except psycopg2.Error as error:
+                raise _as_sqlalchemy_error(error, definition) from error
     return tuple(notice.strip() for notice in dbapi_connection.notices)
+
+
+def _as_sqlalchemy_error(error: psycopg2.Error, statement: str) -> StatementError:
+    """An error of the driver's own cursor as SQLAlchemy raises it elsewhere (a ``DBAPIError``),
+    so that callers handle every database error of a load in one way."""
+    return DBAPIError.instance(statement, None, error, psycopg2.Error)
 
 
 COPY_LINE = re.compile(r"COPY .*, line (\d+)(?:, column (.+?)(?::|$))?")

@@ -5,6 +5,7 @@ without pgvector each need a server of their own: :func:`start` runs ``initdb`` 
 a given ``bin`` directory (the embedded wheel's, or an operating-system PostgreSQL's) in a
 temporary directory, with password authentication, listening on a free port of 127.0.0.1.
 PostgreSQL refuses to run as root, so as root the server runs as the unprivileged ``nobody``.
+As root, a server can also get a ``/dev/shm`` of its own and of a given size, like a container's.
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def start(bin_dir: Path, password: str) -> Iterator[Server]:
-    """Run a fresh server from ``bin_dir`` for the block; stop and delete it afterwards."""
+def start(bin_dir: Path, password: str, *, shm_size: str | None = None) -> Iterator[Server]:
+    """Run a fresh server from ``bin_dir`` for the block; stop and delete it afterwards.
+
+    ``shm_size`` (root only) gives the server a ``/dev/shm`` of that size.
+    """
     root = Path(tempfile.mkdtemp(prefix="pgvector-base-server-"))
     user = UNPRIVILEGED_USER if os.geteuid() == 0 else None
     password_file = root / "password"
@@ -74,6 +78,19 @@ def start(bin_dir: Path, password: str) -> Iterator[Server]:
     def run(*args: str) -> None:
         subprocess.run(args, check=True, capture_output=True, user=user, timeout=60)
 
+    def run_confined(*args: str) -> None:
+        """``args`` in a mount namespace of its own, where ``/dev/shm`` is a tmpfs of
+        ``shm_size``; the server started there keeps it."""
+        assert user is not None, "only root can mount a /dev/shm of the server's own"
+        confine = 'mount -t tmpfs -o size="$0" tmpfs /dev/shm && exec "$@"'
+        as_user = ("runuser", "-u", user, "--", *args)
+        subprocess.run(
+            ["unshare", "--mount", "sh", "-c", confine, str(shm_size), *as_user],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
     try:
         run(
             str(bin_dir / "initdb"),
@@ -84,7 +101,7 @@ def start(bin_dir: Path, password: str) -> Iterator[Server]:
             "--encoding=UTF8",
             "--no-sync",
         )
-        run(
+        (run if shm_size is None else run_confined)(
             str(bin_dir / "pg_ctl"),
             f"--pgdata={data}",
             f"--log={root / 'log'}",

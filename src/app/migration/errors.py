@@ -32,6 +32,7 @@ DATA_EXCEPTION = "22000"
 STRING_DATA_LENGTH_MISMATCH = "22026"
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
+DISK_FULL = "53100"
 
 # pgvector's complaint about a vector of the wrong size, and PostgreSQL's about a bit string.
 DIMENSION_MISMATCH = re.compile(
@@ -196,6 +197,23 @@ def timed_out(failure: Failure) -> str | None:
     return None
 
 
+def shared_memory_exhausted(failure: Failure) -> str | None:
+    """A parallel index build asked for more shared memory than the server's ``/dev/shm`` has.
+
+    A parallel HNSW build allocates all of ``maintenance_work_mem`` as shared memory, and Docker
+    gives a container 64 MB of it unless ``shm_size`` says otherwise.
+    """
+    if failure.code != DISK_FULL or "shared memory" not in failure.text:
+        return None
+    return (
+        f"PostgreSQL at {failure.where} ran out of shared memory (/dev/shm) during a parallel "
+        "index build, which takes all of maintenance_work_mem; use less (pgvector-app load "
+        "--maintenance-work-mem 48MB), build without parallel workers "
+        "(max_parallel_maintenance_workers = 0), or give the server a larger /dev/shm "
+        "(shm_size in docker-compose.yaml)"
+    )
+
+
 EXPLANATIONS: tuple[Callable[[Failure], str | None], ...] = (
     authentication_failed,
     database_missing,
@@ -205,6 +223,7 @@ EXPLANATIONS: tuple[Callable[[Failure], str | None], ...] = (
     unreachable,
     dimension_mismatch,
     timed_out,
+    shared_memory_exhausted,
 )
 
 
