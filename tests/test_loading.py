@@ -103,6 +103,17 @@ def count(engine: Engine, table: str = "product") -> int:
         return int(connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
 
 
+def copy_and_read(
+    engine: Engine, table: Table, rows: list[Any], columns: str
+) -> list[tuple[Any, ...]]:
+    """Copy ``rows`` into ``table``, then read ``columns`` of every row back, in id order."""
+    with engine.begin() as connection:
+        copy_rows(connection, table, rows)
+        stored = connection.execute(text(f"SELECT {columns} FROM {table.name} ORDER BY id")).all()
+    # psycopg2 returns bytea as a memoryview, which never compares equal to bytes.
+    return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored]
+
+
 def test_vectors_round_trip_bit_for_bit(engine: Engine) -> None:
     rows = products(50)
     with engine.begin() as connection:
@@ -125,22 +136,19 @@ def test_every_encoded_type_round_trips(engine: Engine) -> None:
         (2, 32767, False, "", Vector(dense[1]), HalfVector(dense[0]), sparse),
         (3, None, None, None, None, None, None),
     ]
-    with engine.begin() as connection:
-        copy_rows(connection, SAMPLE, rows)
-        stored = connection.execute(
-            text(
-                "SELECT id, small, flag, label, vector_send(dense), halfvec_send(half), "
-                "sparsevec_send(sparse) FROM loading_sample ORDER BY id"
-            )
-        ).all()
+    stored = copy_and_read(
+        engine,
+        SAMPLE,
+        rows,
+        "id, small, flag, label, vector_send(dense), halfvec_send(half), sparsevec_send(sparse)",
+    )
 
     sparse_binary = SparseVector(sparse, 1000).to_binary()
     expected = [
         (1, -32768, True, "ten chars!", dense[0], dense[1], sparse_binary),
         (2, 32767, False, "", dense[1], dense[0], sparse_binary),
     ]
-    # psycopg2 returns bytea as a memoryview, which never compares equal to bytes.
-    assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored] == [
+    assert stored == [
         (i, small, flag, label, Vector(v).to_binary(), HalfVector(h).to_binary(), s)
         for i, small, flag, label, v, h, s in expected
     ] + [(3, None, None, None, None, None, None)]
@@ -158,14 +166,9 @@ def test_rows_of_fixed_width_columns_round_trip_whatever_their_form(engine: Engi
         (4, None, True, dense[3], None),
         (5, 1, False, [1, 2, 3, 4, 5, 6, 7, 8], dense[0]),
     ]
-    with engine.begin() as connection:
-        copy_rows(connection, PACKED, rows)
-        stored = connection.execute(
-            text(
-                "SELECT id, small, flag, vector_send(dense), halfvec_send(half) "
-                "FROM loading_packed ORDER BY id"
-            )
-        ).all()
+    stored = copy_and_read(
+        engine, PACKED, rows, "id, small, flag, vector_send(dense), halfvec_send(half)"
+    )
 
     def binary(value: Any, kind: type[Vector] | type[HalfVector]) -> bytes | None:
         if value is None:
@@ -173,7 +176,7 @@ def test_rows_of_fixed_width_columns_round_trip_whatever_their_form(engine: Engi
         values = value.to_list() if isinstance(value, Vector | HalfVector) else list(value)
         return kind(values).to_binary()
 
-    assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored] == [
+    assert stored == [
         (row[0], row[1], row[2], binary(row[3], Vector), binary(row[4], HalfVector)) for row in rows
     ]
 
