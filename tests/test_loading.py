@@ -304,6 +304,10 @@ def bad_packed(position: int, value: Any) -> tuple[Any, ...]:
         (bad_packed(1, 32768), "small: 32768 is out of range for smallint"),
         (bad_packed(2, 1), "flag: expected true or false, got 1"),
         (bad_packed(3, [0.5] * (DIM + 1)), f"dense: expected {DIM} dimensions, got {DIM + 1}"),
+        (
+            (6, 1, True, [1] * (DIM + 1), [1] * (DIM - 1)),
+            f"dense: expected {DIM} dimensions, got {DIM + 1}",
+        ),
         (bad_packed(3, [None] * DIM), "dense: expected a list of numbers"),
         (bad_packed(3, [3.5e38] * DIM), "dense: a value is outside the range of vector (float4)"),
         (bad_packed(3, [math.nan] * DIM), "dense: NaN not allowed in vector"),

@@ -298,14 +298,17 @@ def _row_encoder(columns: list[Column[Any]], encoding: str) -> Encoder:
         if type(row) not in ROW_TYPES or len(row) != width:
             return general(row)
         arguments: list[Any] = [width]
-        for value, (_, prefix, types, spread) in zip(row, fixed, strict=True):
+        for value, (_, prefix, types, length) in zip(row, fixed, strict=True):
             if type(value) not in types:
                 return general(row)
             arguments += prefix
-            if spread:
+            if length is None:
+                arguments.append(value)
+            # A vector one value short beside one a value long would still fill the struct.
+            elif len(value) == length:
                 arguments += value
             else:
-                arguments.append(value)
+                return general(row)
         try:
             return pack(*arguments)
         except (struct.error, OverflowError):
@@ -335,21 +338,20 @@ class _Fixed(NamedTuple):
     format: str  # struct codes of the field, its length first
     prefix: tuple[int, ...]  # the field's length and, for a vector, its header
     types: tuple[type, ...]  # the exact types packed this way
-    spread: bool  # a vector's values are arguments of their own
+    length: int | None  # how many values a vector has; None for a single value
 
 
 def _fixed_layout(column: Column[Any]) -> _Fixed | None:
     type_ = column.type
     if isinstance(type_, VECTOR | HALFVEC) and type_.dim is not None:
         code, size = _dense_layout(type_)
-        return _Fixed(
-            f"iHH{type_.dim}{code}", (4 + size * type_.dim, type_.dim, 0), ROW_TYPES, True
-        )
+        dim = type_.dim
+        return _Fixed(f"iHH{dim}{code}", (4 + size * dim, dim, 0), ROW_TYPES, dim)
     if isinstance(type_, Boolean):
-        return _Fixed("i?", (1,), (bool,), False)
+        return _Fixed("i?", (1,), (bool,), None)
     if isinstance(type_, Integer):
         size, code, _ = _integer_layout(type_)
-        return _Fixed(f"i{code}", (size,), (int,), False)
+        return _Fixed(f"i{code}", (size,), (int,), None)
     return None
 
 
