@@ -344,9 +344,8 @@ class _Fixed(NamedTuple):
 def _fixed_layout(column: Column[Any]) -> _Fixed | None:
     type_ = column.type
     if isinstance(type_, VECTOR | HALFVEC) and type_.dim is not None:
-        code, size = _dense_layout(type_)
-        dim = type_.dim
-        return _Fixed(f"iHH{dim}{code}", (4 + size * dim, dim, 0), ROW_TYPES, dim)
+        format_, prefix = _dense_field(type_, type_.dim)
+        return _Fixed(format_, prefix, ROW_TYPES, type_.dim)
     if isinstance(type_, Boolean):
         return _Fixed("i?", (1,), (bool,), None)
     if isinstance(type_, Integer):
@@ -437,24 +436,29 @@ def _text_encoder(length: int | None, encoding: str) -> Encoder:
     return encode
 
 
-def _dense_layout(type_: VECTOR | HALFVEC) -> tuple[str, int]:
-    """Struct code and size in bytes of the values of a vector or halfvec."""
-    return ("f", 4) if isinstance(type_, VECTOR) else ("e", 2)
+def _dense_field(type_: VECTOR | HALFVEC, count: int) -> tuple[str, tuple[int, int, int]]:
+    """Struct codes and leading values of a vector or halfvec field of ``count`` values, in
+    pgvector's ``vector_recv`` and ``halfvec_recv`` layout: the field's length, int16 dimensions,
+    int16 unused, then the values as big-endian float4 or float2."""
+    code, size = ("f", 4) if isinstance(type_, VECTOR) else ("e", 2)
+    return f"iHH{count}{code}", (4 + size * count, count, 0)
 
 
 def _dense_encoder(type_: VECTOR | HALFVEC) -> Encoder:
-    """pgvector's ``vector_recv`` and ``halfvec_recv`` layout: int16 dimensions, int16 unused,
-    then the values as big-endian float4 or float2. Takes a list or tuple of numbers, or a
-    pgvector ``Vector`` or ``HalfVector``."""
+    """A vector or halfvec field (see :func:`_dense_field`). Takes a list or tuple of numbers,
+    or a pgvector ``Vector`` or ``HalfVector``."""
     dim = type_.dim
-    code, size = _dense_layout(type_)
     kind, range_ = (
         (Vector, "vector (float4)")
         if isinstance(type_, VECTOR)
         else (HalfVector, "halfvec (±65504)")
     )
 
-    fixed = struct.Struct(f">iHH{dim}{code}") if dim is not None else None
+    def packer(count: int) -> tuple[struct.Struct, tuple[int, ...]]:
+        format_, prefix = _dense_field(type_, count)
+        return struct.Struct(">" + format_), prefix
+
+    fixed = packer(dim) if dim is not None else None
 
     def encode(value: Any) -> bytes:
         values = value.to_list() if isinstance(value, kind) else value
@@ -463,9 +467,9 @@ def _dense_encoder(type_: VECTOR | HALFVEC) -> Encoder:
         count = len(values)
         if dim is not None and count != dim:
             raise ValueError(f"expected {dim} dimensions, got {count}")
-        packer = fixed or struct.Struct(f">iHH{count}{code}")
+        field, prefix = fixed or packer(count)
         try:
-            return packer.pack(4 + size * count, count, 0, *values)
+            return field.pack(*prefix, *values)
         except OverflowError:
             raise ValueError(f"a value is outside the range of {range_}") from None
         except struct.error:
