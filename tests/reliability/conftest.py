@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from . import servers
@@ -14,6 +15,15 @@ from .revisions import Migrations
 
 # Every character that breaks naive handling: % (configparser), @ and : (URLs).
 PASSWORD = "p%ss@w:rd"
+
+
+def scalars(url: URL | str, sql: str) -> list[object]:
+    """The first column of a query's rows."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        values = list(connection.scalars(text(sql)))
+    engine.dispose()
+    return values
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from app.database import DATABASE_URL_ENV
 from app.models import EMBEDDING_DIM
 
 from . import servers
-from .conftest import PASSWORD
+from .conftest import PASSWORD, scalars
 from .revisions import REPOSITORY_ROOT, Migrations, failed_line, shipped_head
 
 ROWS = 50
@@ -88,15 +88,6 @@ def pgvector_app(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def scalar(url: str, query: str) -> object:
-    """The one value ``query`` returns from the database."""
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.connect() as connection:
-        value = connection.scalar(text(query))
-    engine.dispose()
-    return value
-
-
 def test_a_first_load_short_of_shared_memory_fails_in_one_line(
     server: servers.Server, database: str, tmp_path: Path
 ) -> None:
@@ -113,7 +104,7 @@ def test_a_first_load_short_of_shared_memory_fails_in_one_line(
         f"pgvector-app: error: PostgreSQL at 127.0.0.1:{server.port} {ADVICE}",
     ]
     assert retried.returncode == 0, retried.stderr
-    assert scalar(database, "SELECT count(*) FROM product") == ROWS
+    assert scalars(database, "SELECT count(*) FROM product") == [ROWS]
 
 
 def test_a_migration_short_of_shared_memory_fails_in_one_line(
@@ -142,4 +133,4 @@ def test_a_migration_short_of_shared_memory_fails_in_one_line(
 
     assert failed_line(failed) == f"FAILED: PostgreSQL at 127.0.0.1:{server.port} {ADVICE}"
     assert PASSWORD not in failed.stdout + failed.stderr
-    assert scalar(database, "SELECT version_num FROM alembic_version") == shipped_head()
+    assert scalars(database, "SELECT version_num FROM alembic_version") == [shipped_head()]

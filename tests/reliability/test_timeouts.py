@@ -17,6 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from app.migration import timeouts
 
+from .conftest import scalars
 from .revisions import Migrations, failed_line, shipped_head
 
 RECORD = (
@@ -37,15 +38,6 @@ op.execute("{RECORD.format(place="after the autocommit block")}")
 """
 DDL_LOCK = timeouts.DDL_LOCK_TIMEOUT_ENV
 STATEMENT = timeouts.STATEMENT_TIMEOUT_ENV
-
-
-def scalars(url: URL, sql: str) -> list[object]:
-    """The first column of a query's rows."""
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.connect() as connection:
-        values = list(connection.scalars(text(sql)))
-    engine.dispose()
-    return values
 
 
 @pytest.mark.parametrize(
