@@ -10,11 +10,12 @@ In one run, on one table ``item (id bigint primary key, category int, embedding 
   ``staging`` already holds the rows: the server alone, with no client and no parsing, the upper
   bound of any loader. Each run starts from an empty table after a checkpoint;
 * building the HNSW index (cosine, m = 16, ef_construction = 64, as on ``Product``) with the
-  server's default settings, then with the template's :class:`~app.loading.BuildSettings`;
-* k nearest neighbours of random queries through :class:`~app.search.VectorSearch`: an exact scan
-  (index scans turned off), then the index at several ``hnsw.ef_search``, with p50/p95 latency,
-  the server's execution time, and recall@k against the exact answers; then with a filter that
-  10% of the rows match, without and with iterative scans. The methods take turns query by query.
+  server's default settings, then with the template's :class:`~pgvector_base.loading.BuildSettings`;
+* k nearest neighbours of random queries through :class:`~pgvector_base.search.VectorSearch`:
+  an exact scan (index scans turned off), then the index at several ``hnsw.ef_search``, with
+  p50/p95 latency, the server's execution time, and recall@k against the exact answers; then
+  with a filter that 10% of the rows match, without and with iterative scans. The methods take
+  turns query by query.
 
 It prints the results, writes them to ``results.md`` and ``results.json`` next to this file, drops
 its database, and exits with status 1 if a goal is missed.
@@ -57,10 +58,10 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
-from app.database import embedded_server_url, ensure_database, parse_url
-from app.loading import BuildSettings, copy_rows
-from app.search import IterativeScan, SearchSettings, VectorSearch
-from app.session import create_app_engine, set_local
+from pgvector_base.database import embedded_server_url, ensure_database, parse_url
+from pgvector_base.loading import BuildSettings, copy_rows
+from pgvector_base.search import IterativeScan, SearchSettings, VectorSearch
+from pgvector_base.session import create_app_engine, set_local
 
 RESULTS = Path(__file__).resolve().parent
 ORM = "ORM add_all"

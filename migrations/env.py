@@ -1,9 +1,9 @@
 """Alembic environment for PostgreSQL + pgvector.
 
-Alembic's own template, plus what pgvector needs: the database URL from ``app.database``, one
-migration run at a time, the ``vector`` extension before the first migration, pgvector types in
+Alembic's own template, plus what pgvector needs: the database URL from ``pgvector_base.database``,
+one migration run at a time, the ``vector`` extension before the first migration, pgvector types in
 reflection and in generated files, pgai-managed tables left alone, and expected failures reported
-as one ``FAILED:`` line. Each of those lives in a small module under ``app.migration``.
+as one ``FAILED:`` line. Each of those lives in a small module under ``pgvector_base.migration``.
 """
 
 from logging.config import fileConfig
@@ -13,9 +13,17 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import URL, Connection
 
-from app.database import resolve_url
-from app.migration import comparison, errors, locking, pgai, rendering, timeouts, validation
 from app.models import Base
+from pgvector_base.database import resolve_url
+from pgvector_base.migration import (
+    comparison,
+    errors,
+    locking,
+    pgai,
+    rendering,
+    timeouts,
+    validation,
+)
 
 config = context.config
 

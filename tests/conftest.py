@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from app.database import DATABASE_URL_ENV, embedded_server_url, ensure_database, parse_url
+from pgvector_base.database import DATABASE_URL_ENV, embedded_server_url, ensure_database, parse_url
 
 TEST_DATABASE_URL_ENV = "TEST_DATABASE_URL"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]

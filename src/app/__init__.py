@@ -1,1 +1,1 @@
-"""pgvector base: an application on PostgreSQL + pgvector with SQLAlchemy 2 models and Alembic."""
+"""The application: its models (``app.models``) and, while the example is kept, its command line."""

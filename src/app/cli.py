@@ -7,7 +7,7 @@
 The file has one product per line, as a JSON object with exactly the keys of the model:
 ``{"id": 1, "name": "Desk lamp", "description": "...", "embedding": [0.12, -0.03, ...]}``, the
 embedding with as many numbers as ``Product.embedding`` has dimensions. The database is the one
-:func:`app.database.resolve_url` picks (``DATABASE_URL``, else the embedded server).
+:func:`pgvector_base.database.resolve_url` picks (``DATABASE_URL``, else the embedded server).
 
 Expected failures (a bad line, a wrong dimension, an unreachable database) end the command with one
 line on stderr and exit status 1.
@@ -27,12 +27,12 @@ from sqlalchemy import ColumnElement, Engine
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
-from app.database import DatabaseConfigError
-from app.loading import DEFAULT_BATCH_SIZE, BuildSettings, LoadError, SettingError, load
-from app.migration.errors import describe
 from app.models import Base, Product
-from app.search import SearchSettings, VectorSearch
-from app.session import create_app_engine, session_factory
+from pgvector_base.database import DatabaseConfigError
+from pgvector_base.loading import DEFAULT_BATCH_SIZE, BuildSettings, LoadError, SettingError, load
+from pgvector_base.migration.errors import describe
+from pgvector_base.search import SearchSettings, VectorSearch
+from pgvector_base.session import create_app_engine, session_factory
 
 PROG = "pgvector-app"
 FIELDS = ("id", "name", "description", "embedding")
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Errors stay one line; the loader's messages say what a minutes-long index build is doing.
     logging.basicConfig(format="%(message)s")
-    logging.getLogger("app.loading").setLevel(logging.INFO)
+    logging.getLogger("pgvector_base.loading").setLevel(logging.INFO)
     try:
         run(args)
     except CommandError as error:

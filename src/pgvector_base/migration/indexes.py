@@ -1,0 +1,136 @@
+"""Building and dropping indexes without blocking writes, for migrations on tables that hold data.
+
+``CREATE INDEX`` locks the table against writes for the whole build, which for an HNSW index on
+millions of rows can take hours. ``CREATE INDEX CONCURRENTLY`` does not, but it cannot run inside
+a transaction, and when it is interrupted (cancelled, killed, out of memory) it leaves an INVALID
+index behind that queries ignore and writes still pay for. A migration calls::
+
+    from pgvector_base.migration import indexes
+
+    def upgrade() -> None:
+        indexes.create_index_concurrently(
+            "ix_item_embedding", "item", ["embedding"],
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+            maintenance_work_mem="2GB",
+        )
+
+    def downgrade() -> None:
+        indexes.drop_index_concurrently("ix_item_embedding", "item")
+
+Both run in Alembic's ``autocommit_block()``, which first commits the migration's transaction, so
+keep each such call in a migration of its own, and without the migration timeouts
+(:func:`pgvector_base.migration.timeouts.lifted`): a concurrent build blocks no one, may take hours,
+and waits for every older transaction. Running the migration again after an interruption rebuilds an
+INVALID leftover and skips an index that was completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from alembic import op
+from sqlalchemy import ColumnElement, TextClause, text
+
+from pgvector_base.migration import timeouts
+
+log = logging.getLogger(__name__)
+
+# A memory size as PostgreSQL accepts it, such as 512MB or 2GB; anything else is refused before
+# it can reach the SET statement.
+MEMORY_SIZE = re.compile(r"\d+\s*(?:B|kB|MB|GB|TB)?")
+
+INDEX_VALIDITY = text(
+    """
+    SELECT ix.indisvalid
+    FROM pg_index AS ix
+    JOIN pg_class AS index_class ON index_class.oid = ix.indexrelid
+    JOIN pg_namespace AS namespace ON namespace.oid = index_class.relnamespace
+    WHERE index_class.relname = :name
+      AND namespace.nspname = coalesce(:schema, current_schema())
+    """
+)
+
+
+def create_index_concurrently(
+    index_name: str,
+    table_name: str,
+    columns: Sequence[str | TextClause | ColumnElement[Any]],
+    *,
+    schema: str | None = None,
+    maintenance_work_mem: str | None = None,
+    max_parallel_maintenance_workers: int | None = None,
+    **kw: Any,
+) -> None:
+    """Build an index with ``CREATE INDEX CONCURRENTLY``; arguments as for ``op.create_index``.
+
+    ``maintenance_work_mem`` (such as ``"2GB"``) and ``max_parallel_maintenance_workers`` are set
+    on the migration's session for this build only and reset after it. An INVALID index of the
+    same name, left by an interrupted build, is dropped and built again; a valid one is kept.
+    With ``--sql`` the script drops any index of that name first, as it cannot look.
+    """
+    context = op.get_context()
+    with context.autocommit_block(), timeouts.lifted():
+        if context.as_sql:
+            drop_if_exists(index_name, table_name, schema)
+        else:
+            valid = op.get_bind().scalar(INDEX_VALIDITY, {"name": index_name, "schema": schema})
+            if valid:
+                log.info("Index %r exists and is valid; not building it again", index_name)
+                return
+            if valid is False:
+                log.info("Index %r is INVALID (an interrupted build); rebuilding it", index_name)
+                op.drop_index(index_name, table_name, schema=schema, postgresql_concurrently=True)
+        with build_settings(maintenance_work_mem, max_parallel_maintenance_workers):
+            op.create_index(
+                index_name,
+                table_name,
+                columns,
+                schema=schema,
+                postgresql_concurrently=True,
+                **kw,
+            )
+
+
+def drop_index_concurrently(index_name: str, table_name: str, *, schema: str | None = None) -> None:
+    """Drop an index with ``DROP INDEX CONCURRENTLY IF EXISTS``, without blocking the table."""
+    with op.get_context().autocommit_block(), timeouts.lifted():
+        drop_if_exists(index_name, table_name, schema)
+
+
+def drop_if_exists(index_name: str, table_name: str, schema: str | None) -> None:
+    """``DROP INDEX CONCURRENTLY IF EXISTS``; call it inside an autocommit block."""
+    op.drop_index(
+        index_name, table_name, schema=schema, if_exists=True, postgresql_concurrently=True
+    )
+
+
+@contextmanager
+def build_settings(
+    maintenance_work_mem: str | None, max_parallel_maintenance_workers: int | None
+) -> Iterator[None]:
+    """Set the given index build settings on the migration's session, and reset them after.
+
+    A plain ``SET`` (not ``SET LOCAL``) because the build runs outside any transaction; the
+    ``RESET`` runs even when the build fails, so later migrations get the session's defaults.
+    """
+    settings: dict[str, str] = {}
+    if maintenance_work_mem is not None:
+        if not MEMORY_SIZE.fullmatch(maintenance_work_mem):
+            raise ValueError(
+                f"maintenance_work_mem={maintenance_work_mem!r} is not a memory size like '2GB'"
+            )
+        settings["maintenance_work_mem"] = f"'{maintenance_work_mem}'"
+    if max_parallel_maintenance_workers is not None:
+        settings["max_parallel_maintenance_workers"] = str(int(max_parallel_maintenance_workers))
+    for name, value in settings.items():
+        op.execute(f"SET {name} = {value}")
+    try:
+        yield
+    finally:
+        for name in settings:
+            op.execute(f"RESET {name}")

@@ -1,0 +1,368 @@
+"""Nearest-neighbour search through the ORM, always in the one shape a vector index can serve.
+
+pgvector's HNSW and IVFFlat indexes answer exactly ``ORDER BY column <op> :query LIMIT k``, in
+ascending order, where ``<op>`` is the operator of the index's operator class (pgvector README,
+"Querying" and "Indexing"). Anything else (ordering by ``1 - distance`` or ``DESC``, or by a
+different distance) is still valid SQL, so PostgreSQL answers it with an exact scan of the whole
+table instead. :class:`VectorSearch` therefore reads the operator from the index declared on the
+model and refuses a distance that no index serves; similarity is computed in the select list only.
+
+Index settings (``hnsw.ef_search``, ``ivfflat.probes`` and pgvector 0.8's iterative scans) are
+set with ``set_config(..., true)``, which lasts until the transaction ends and so never reaches
+another user of a pooled connection. Passed to one search, they are set inside a savepoint that is
+rolled back as soon as the rows are read, so they reach no later statement either;
+:meth:`VectorSearch.configure` sets them for the rest of the transaction instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, cast, get_args
+
+from pgvector import HalfVector, SparseVector, Vector
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    Table,
+    bindparam,
+    inspect,
+    literal,
+    null,
+    select,
+)
+from sqlalchemy.orm import InstrumentedAttribute, Session, defer
+
+from pgvector_base.session import set_local
+
+ModelT = TypeVar("ModelT")
+
+QueryVector = Sequence[float] | Vector | HalfVector | SparseVector
+IterativeScan = Literal["off", "relaxed_order", "strict_order"]
+VECTOR_INDEX_METHODS = ("hnsw", "ivfflat")
+
+
+class Distance(enum.Enum):
+    """pgvector's distance operators. ``<#>`` is the *negative* inner product, so that every
+    distance sorts ascending, the only order an index scan returns."""
+
+    L2 = "<->"
+    INNER_PRODUCT = "<#>"
+    COSINE = "<=>"
+    L1 = "<+>"
+    HAMMING = "<~>"
+    JACCARD = "<%>"
+
+
+# Operator classes are named <type>_<distance>_ops: vector_cosine_ops, halfvec_l2_ops, ...
+OPERATOR_CLASS_DISTANCES = {
+    "l2": Distance.L2,
+    "ip": Distance.INNER_PRODUCT,
+    "cosine": Distance.COSINE,
+    "l1": Distance.L1,
+    "hamming": Distance.HAMMING,
+    "jaccard": Distance.JACCARD,
+}
+
+
+class NoIndexError(LookupError):
+    """The column has no vector index that serves the requested distance."""
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    """A vector index declared on a model: its name, access method and distance."""
+
+    name: str
+    method: str
+    distance: Distance
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Per-query index settings; ``None`` leaves the server's value (pgvector README, "Query
+    Options" and "Iterative Index Scans").
+
+    HNSW returns at most ``ef_search`` rows (40 by default) unless iterative scans are on, so
+    raise it for ``k`` above 40. With a ``WHERE`` filter, rows are filtered *after* the index scan:
+    turn on ``iterative_scan`` to keep scanning until ``k`` rows pass (up to ``max_scan_tuples``
+    for HNSW, ``max_probes`` for IVFFlat, which knows only ``relaxed_order``).
+    """
+
+    ef_search: int | None = None
+    max_scan_tuples: int | None = None
+    probes: int | None = None
+    max_probes: int | None = None
+    iterative_scan: IterativeScan | None = None
+
+    def __post_init__(self) -> None:
+        # An unknown value would only draw a server WARNING and silently turn iterative scans off.
+        if self.iterative_scan is not None and self.iterative_scan not in get_args(IterativeScan):
+            raise ValueError(
+                f"iterative_scan must be one of {', '.join(get_args(IterativeScan))}, "
+                f"not {self.iterative_scan!r}"
+            )
+
+    def parameters(self, index: VectorIndex) -> dict[str, str]:
+        """The settings to apply for a scan of ``index``, as ``set_config`` names and values.
+
+        Raises :class:`ValueError` for a setting that the index's access method would ignore.
+        """
+        own = {
+            "hnsw": {
+                "hnsw.ef_search": self.ef_search,
+                "hnsw.max_scan_tuples": self.max_scan_tuples,
+                "hnsw.iterative_scan": self.iterative_scan,
+            },
+            "ivfflat": {
+                "ivfflat.probes": self.probes,
+                "ivfflat.max_probes": self.max_probes,
+                "ivfflat.iterative_scan": self.iterative_scan,
+            },
+        }
+        other = {"hnsw": ("probes", "max_probes"), "ivfflat": ("ef_search", "max_scan_tuples")}
+        ignored = [name for name in other[index.method] if getattr(self, name) is not None]
+        if ignored:
+            raise ValueError(
+                f"{', '.join(ignored)} do not apply to {index.name}, an {index.method} index"
+            )
+        if index.method == "ivfflat" and self.iterative_scan == "strict_order":
+            raise ValueError(
+                f"{index.name} is an ivfflat index, whose iterative scans are relaxed_order only"
+            )
+        return {name: str(value) for name, value in own[index.method].items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Neighbor(Generic[ModelT]):
+    """One search result: the row, its distance to the query, and its similarity.
+
+    ``similarity`` is ``1 - distance`` for cosine and the inner product itself for inner product;
+    the other distances define none, and it is ``None``.
+    """
+
+    item: ModelT
+    distance: float
+    similarity: float | None
+
+
+def vector_indexes(attribute: InstrumentedAttribute[Any]) -> list[VectorIndex]:
+    """The HNSW and IVFFlat indexes declared on the mapped column ``attribute``, by name.
+
+    Only whole-column indexes count: a partial index (``postgresql_where``) serves only queries
+    whose filter implies its predicate, and an expression index only queries on that expression.
+    """
+    mapper = inspect(attribute.class_)
+    column = mapper.columns[attribute.key]
+    key = column.key  # what postgresql_ops is keyed by
+    table = mapper.local_table
+    if not isinstance(table, Table):
+        raise NoIndexError(f"{attribute} is not mapped to a table, which alone can have indexes")
+    found = []
+    for index in table.indexes:
+        options = index.dialect_options["postgresql"]
+        if (
+            options["using"] not in VECTOR_INDEX_METHODS
+            or options["where"] is not None
+            or len(index.expressions) != 1
+            or index.expressions[0] is not column
+        ):
+            continue
+        operator_class = (options["ops"] or {}).get(key)
+        found.append(
+            VectorIndex(
+                str(index.name), options["using"], _distance(operator_class, str(index.name))
+            )
+        )
+    return sorted(found, key=lambda index: index.name)
+
+
+def _distance(operator_class: str | None, index_name: str) -> Distance:
+    if operator_class is None:
+        # Only ivfflat on vector has a default operator class; relying on it hides the distance.
+        raise NoIndexError(
+            f"index {index_name} declares no operator class; add "
+            "postgresql_ops={'<column>': 'vector_cosine_ops'} (or the one for your distance)"
+        )
+    kind, _, suffix = operator_class.rpartition("_")
+    distance = OPERATOR_CLASS_DISTANCES.get(kind.rpartition("_")[2]) if suffix == "ops" else None
+    if distance is None:
+        raise NoIndexError(
+            f"index {index_name} uses {operator_class}, not a pgvector operator class"
+        )
+    return distance
+
+
+class VectorSearch(Generic[ModelT]):
+    """k-nearest-neighbour queries on one vector column of one model, served by its index.
+
+    ``VectorSearch(Product, Product.embedding)`` uses the index declared on ``Product.embedding``;
+    pass ``distance`` to pick among several indexes. Construction fails with :class:`NoIndexError`
+    when no declared index serves the distance, rather than letting every query scan the table.
+    """
+
+    def __init__(
+        self,
+        model: type[ModelT],
+        attribute: InstrumentedAttribute[Any],
+        distance: Distance | None = None,
+    ) -> None:
+        if attribute.class_ is not model:
+            raise ValueError(f"{attribute} is not a column of {model.__name__}")
+        self.model = model
+        self.attribute = attribute
+        self.index = self._choose_index(vector_indexes(attribute), distance)
+        self.distance = self.index.distance
+        self.dimensions: int | None = getattr(attribute.type, "dim", None)
+        to_query = attribute.op(self.distance.value, return_type=Float)(
+            bindparam("query", type_=attribute.type)
+        )
+        ordering = to_query.label("distance")
+        # Built once, so SQLAlchemy reuses its cache key and compiled SQL for every search. The
+        # ORDER BY names the select list's distance, as pgvector's README writes it: the planner
+        # sees the operator expression there, and the query vector is sent once less.
+        # (SQLAlchemy 2.0 and 2.1 spell a Select's column types differently, hence Select[Any].)
+        self._select = cast(
+            "Select[Any]",
+            select(model, ordering, self._similarity(to_query))
+            .order_by(ordering)
+            .limit(bindparam("k", type_=Integer))
+            .options(defer(attribute)),
+        )
+
+    def _choose_index(self, indexes: list[VectorIndex], distance: Distance | None) -> VectorIndex:
+        where = f"{self.model.__name__}.{self.attribute.key}"
+        if not indexes:
+            raise NoIndexError(
+                f"{where} has no HNSW or IVFFlat index, so every search would scan the whole "
+                "table; declare one in the model's __table_args__"
+            )
+        if distance is None:
+            if len({index.distance for index in indexes}) > 1:
+                raise NoIndexError(
+                    f"{where} has indexes for several distances ({_describe(indexes)}); "
+                    "pass distance= to choose one"
+                )
+            return indexes[0]
+        for index in indexes:
+            if index.distance is distance:
+                return index
+        raise NoIndexError(
+            f"no index on {where} serves {distance.name.lower()} distance ({distance.value}), so "
+            f"the query would scan the whole table; its indexes: {_describe(indexes)}"
+        )
+
+    def statement(self, where: Iterable[ColumnElement[bool]] = ()) -> Select[Any]:
+        """``SELECT row, distance, similarity ... WHERE ... ORDER BY distance LIMIT :k``.
+
+        Execute it with the parameters ``query`` (the vector) and ``k``. The vector column itself
+        is deferred: results rarely need it, and it is the largest value of the row.
+        """
+        conditions = list(where)
+        return self._select.where(*conditions) if conditions else self._select
+
+    def nearest(
+        self,
+        session: Session,
+        query: QueryVector,
+        k: int = 10,
+        *,
+        where: Iterable[ColumnElement[bool]] = (),
+        settings: SearchSettings | None = None,
+    ) -> list[Neighbor[ModelT]]:
+        """The ``k`` rows nearest to ``query`` that match every ``where`` condition, nearest
+        first."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        self._check_dimensions(query)
+        return self._run(session, self.statement(where), {"query": query, "k": k}, settings)
+
+    def neighbors_of(
+        self,
+        session: Session,
+        key: object,
+        k: int = 10,
+        *,
+        where: Iterable[ColumnElement[bool]] = (),
+        settings: SearchSettings | None = None,
+    ) -> list[Neighbor[ModelT]]:
+        """The ``k`` rows nearest to the row whose primary key is ``key``, excluding that row.
+
+        Raises :class:`LookupError` when there is no such row or its vector is ``NULL``.
+        """
+        primary_keys = inspect(self.model).primary_key
+        if len(primary_keys) != 1:
+            raise ValueError(f"{self.model.__name__} has a composite primary key; use nearest()")
+        primary_key = primary_keys[0]
+        query = session.scalar(select(self.attribute).where(primary_key == key))
+        if query is None:
+            raise LookupError(
+                f"no {self.model.__name__} with {primary_key.key}={key!r} and a vector"
+            )
+        return self.nearest(
+            session, query, k, where=[primary_key != key, *where], settings=settings
+        )
+
+    def configure(self, session: Session, settings: SearchSettings) -> None:
+        """Apply ``settings`` to every search in the session's current transaction.
+
+        For a batch of queries, this saves the savepoint that ``settings=`` costs each one. Like
+        ``SET LOCAL``, they end with the transaction, and never reach another user of the
+        pooled connection.
+        """
+        set_local(session, settings.parameters(self.index))
+
+    def _run(
+        self,
+        session: Session,
+        statement: Select[Any],
+        parameters: dict[str, Any],
+        settings: SearchSettings | None,
+    ) -> list[Neighbor[ModelT]]:
+        index_settings = settings.parameters(self.index) if settings else {}
+        if index_settings:
+            # begin_nested() flushes pending changes first, so rolling the savepoint back
+            # undoes nothing but the settings.
+            savepoint = session.begin_nested()
+            try:
+                set_local(session, index_settings)
+                rows = session.execute(statement, parameters).all()
+            finally:
+                savepoint.rollback()
+        else:
+            rows = session.execute(statement, parameters).all()
+        typed = cast("Sequence[tuple[ModelT, float, float | None]]", rows)
+        # relaxed_order iterative scans may return rows slightly out of order (pgvector README).
+        return sorted(
+            (Neighbor(item, distance, similarity) for item, distance, similarity in typed),
+            key=lambda neighbor: neighbor.distance,
+        )
+
+    def _similarity(self, distance: ColumnElement[float]) -> ColumnElement[Any]:
+        if self.distance is Distance.COSINE:
+            return (literal(1.0) - distance).label("similarity")
+        if self.distance is Distance.INNER_PRODUCT:
+            return (distance * -1).label("similarity")
+        return null().label("similarity")
+
+    def _check_dimensions(self, query: QueryVector) -> None:
+        size = (
+            query.dimensions()
+            if isinstance(query, Vector | HalfVector | SparseVector)
+            else len(query)
+        )
+        if self.dimensions is not None and size != self.dimensions:
+            raise ValueError(
+                f"the query vector has {size} dimensions; "
+                f"{self.model.__name__}.{self.attribute.key} has {self.dimensions}"
+            )
+
+
+def _describe(indexes: list[VectorIndex]) -> str:
+    return ", ".join(
+        f"{index.name} ({index.method}, {index.distance.name.lower()} {index.distance.value})"
+        for index in indexes
+    )

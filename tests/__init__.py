@@ -1,0 +1,1 @@
+"""The project's tests, by owner (see docs/testing.md)."""

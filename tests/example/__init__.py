@@ -1,0 +1,1 @@
+"""Tests of the example (``Product`` and ``pgvector-app``); removed with it."""

@@ -1,0 +1,304 @@
+"""k-NN search through the ORM: every helper's query is served by the index, settings stay local.
+
+The plans are PostgreSQL's own choice on realistic tables (a few thousand analyzed rows, no
+``enable_seqscan = off``): each test runs a helper, captures the SQL it sent, and EXPLAINs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from sqlalchemy import BigInteger, Engine, Index, event, select, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from app.models import EMBEDDING_DIM, Base, Product
+from pgvector_base.database import DatabaseConfigError
+from pgvector_base.loading import load
+from pgvector_base.search import Distance, NoIndexError, SearchSettings, VectorSearch
+from pgvector_base.session import EngineSettings, create_app_engine, session_factory
+
+PRODUCTS = 2000
+ITEMS = 5000
+ITEM_DIM = 16
+
+
+class SearchBase(DeclarativeBase):
+    """Test-only models: several indexes, types and access methods on small vectors."""
+
+
+class Item(SearchBase):
+    """One vector column with a cosine HNSW and an L2 IVFFlat index, and a halfvec column."""
+
+    __tablename__ = "search_item"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    category: Mapped[int]
+    embedding: Mapped[list[float]] = mapped_column(VECTOR(ITEM_DIM))
+    half: Mapped[list[float]] = mapped_column(HALFVEC(ITEM_DIM))
+    plain: Mapped[list[float]] = mapped_column(VECTOR(ITEM_DIM))
+
+    __table_args__ = (
+        Index(
+            "ix_search_item_cosine",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        Index(
+            "ix_search_item_l2",
+            "embedding",
+            postgresql_using="ivfflat",
+            postgresql_with={"lists": 20},
+            postgresql_ops={"embedding": "vector_l2_ops"},
+        ),
+        Index(
+            "ix_search_item_half",
+            "half",
+            postgresql_using="hnsw",
+            postgresql_ops={"half": "halfvec_l2_ops"},
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(migrated_database_url: URL) -> Iterator[Engine]:
+    """The module's database, with products and items loaded and analyzed."""
+    engine = create_app_engine(migrated_database_url)
+    rng = np.random.default_rng(6)
+    products = rng.standard_normal((PRODUCTS, EMBEDDING_DIM), dtype=np.float32).tolist()
+    items = rng.random((ITEMS, ITEM_DIM), dtype=np.float32).tolist()
+    SearchBase.metadata.create_all(engine)
+    with engine.begin() as connection:
+        load(
+            connection,
+            Base.metadata.tables["product"],
+            ((i, f"product {i}", "", vector) for i, vector in enumerate(products, 1)),
+        )
+        load(
+            connection,
+            SearchBase.metadata.tables["search_item"],
+            ((i, i % 10, vector, vector, vector) for i, vector in enumerate(items, 1)),
+        )
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    """A session on the module's database."""
+    with session_factory(engine)() as session:
+        yield session
+
+
+def stored(session: Session, column: Any, key: int) -> list[float]:
+    """The vector of one row, to search with."""
+    return list(session.execute(select(column).where(column.class_.id == key)).scalar_one())
+
+
+def plan(engine: Engine, run: Callable[[], object]) -> str:
+    """EXPLAIN of the k-NN query that ``run`` sends, with the parameters it sent."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(*args: Any) -> None:
+        statement, parameters = args[2], args[3]
+        if "ORDER BY" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    ((statement, parameters),) = sent
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars()
+        return "\n".join(rows)
+
+
+def test_nearest_uses_the_index(engine: Engine, session: Session) -> None:
+    search = VectorSearch(Product, Product.embedding)
+    query = stored(session, Product.embedding, 7)
+    assert "Index Scan using ix_product_embedding_hnsw" in plan(
+        engine, lambda: search.nearest(session, query, 10)
+    )
+
+
+def test_neighbors_of_uses_the_index(engine: Engine, session: Session) -> None:
+    search = VectorSearch(Product, Product.embedding)
+    assert "Index Scan using ix_product_embedding_hnsw" in plan(
+        engine, lambda: search.neighbors_of(session, 7, 10)
+    )
+
+
+@pytest.mark.parametrize(
+    ("attribute", "distance", "index"),
+    [
+        (Item.embedding, Distance.COSINE, "ix_search_item_cosine"),
+        (Item.embedding, Distance.L2, "ix_search_item_l2"),
+        (Item.half, None, "ix_search_item_half"),
+    ],
+)
+def test_filtered_searches_use_the_index_of_their_distance(
+    engine: Engine, session: Session, attribute: Any, distance: Distance | None, index: str
+) -> None:
+    """A 10% filter, each distance on its own index: the planner still picks the index."""
+    search = VectorSearch(Item, attribute, distance)
+    settings = (
+        SearchSettings(probes=5, iterative_scan="relaxed_order")
+        if search.index.method == "ivfflat"
+        else SearchSettings(ef_search=60, iterative_scan="strict_order")
+    )
+    where = [Item.category == 3]
+    query = stored(session, attribute, 11)
+    assert f"Index Scan using {index}" in plan(
+        engine, lambda: search.nearest(session, query, 10, where=where, settings=settings)
+    )
+    assert f"Index Scan using {index}" in plan(
+        engine, lambda: search.neighbors_of(session, 11, 10, where=where, settings=settings)
+    )
+    results = search.nearest(session, query, 10, where=where, settings=settings)
+    assert len(results) == 10
+    assert all(neighbor.item.category == 3 for neighbor in results)
+
+
+def test_a_distance_no_index_serves_is_refused() -> None:
+    with pytest.raises(NoIndexError) as refused:
+        VectorSearch(Product, Product.embedding, Distance.L2)
+    assert str(refused.value) == (
+        "no index on Product.embedding serves l2 distance (<->), so the query would scan the "
+        "whole table; its indexes: ix_product_embedding_hnsw (hnsw, cosine <=>)"
+    )
+
+
+def test_a_column_with_indexes_for_several_distances_needs_a_choice() -> None:
+    with pytest.raises(NoIndexError, match=r"several distances .* pass distance= to choose one"):
+        VectorSearch(Item, Item.embedding)
+
+
+def test_a_column_without_a_vector_index_is_refused() -> None:
+    with pytest.raises(NoIndexError, match=r"Item\.plain has no HNSW or IVFFlat index"):
+        VectorSearch(Item, Item.plain)
+
+
+def test_results_are_nearest_first_with_similarity_from_the_distance(session: Session) -> None:
+    search = VectorSearch(Product, Product.embedding)
+    results = search.nearest(session, stored(session, Product.embedding, 7), 5)
+
+    assert results[0].item.id == 7
+    assert results[0].distance == pytest.approx(0, abs=1e-6)
+    assert [n.distance for n in results] == sorted(n.distance for n in results)
+    assert all(n.similarity == pytest.approx(1 - n.distance) for n in results)
+    assert [n.item.id for n in search.neighbors_of(session, 7, 4)] == [
+        n.item.id for n in results[1:]
+    ]
+
+
+def test_settings_apply_to_the_query(session: Session) -> None:
+    """HNSW returns at most ef_search rows unless iterative scans go on looking."""
+    search = VectorSearch(Product, Product.embedding)
+    query = stored(session, Product.embedding, 7)
+
+    assert len(search.nearest(session, query, 10, settings=SearchSettings(ef_search=4))) == 4
+    iterative = SearchSettings(ef_search=4, iterative_scan="relaxed_order")
+    assert len(search.nearest(session, query, 10, settings=iterative)) == 10
+
+
+def test_settings_reach_neither_the_transaction_nor_the_next_checkout(
+    migrated_database_url: URL,
+) -> None:
+    engine = create_app_engine(migrated_database_url, EngineSettings(pool_size=1, max_overflow=0))
+    sessions = session_factory(engine)
+    search = VectorSearch(Product, Product.embedding)
+    settings = SearchSettings(ef_search=4, max_scan_tuples=100, iterative_scan="strict_order")
+    current = text(
+        "SELECT pg_backend_pid(), current_setting('hnsw.ef_search'), "
+        "current_setting('hnsw.max_scan_tuples'), current_setting('hnsw.iterative_scan')"
+    )
+    try:
+        with sessions() as session:
+            search.nearest(session, stored(session, Product.embedding, 7), 10, settings=settings)
+            backend, *in_transaction = session.execute(current).one()
+        with sessions() as session:
+            next_backend, *next_checkout = session.execute(current).one()
+    finally:
+        engine.dispose()
+
+    assert next_backend == backend
+    assert in_transaction == next_checkout == ["40", "20000", "off"]
+
+
+def test_configured_settings_last_until_the_transaction_ends(session: Session) -> None:
+    search = VectorSearch(Product, Product.embedding)
+    query = stored(session, Product.embedding, 7)
+    ef_search = text("SELECT current_setting('hnsw.ef_search')")
+
+    search.configure(session, SearchSettings(ef_search=4))
+    assert len(search.nearest(session, query, 10)) == 4
+    assert len(search.nearest(session, query, 10)) == 4
+    session.rollback()
+    assert session.scalar(ef_search) == "40"
+    assert len(search.nearest(session, query, 10)) == 10
+
+
+def test_pending_changes_survive_a_search_with_settings(engine: Engine, session: Session) -> None:
+    """The savepoint that scopes the settings must not roll back the session's own work."""
+    search = VectorSearch(Product, Product.embedding)
+    session.add(Product(id=PRODUCTS + 1, name="new", description="", embedding=None))
+    search.nearest(
+        session, stored(session, Product.embedding, 7), 3, settings=SearchSettings(ef_search=10)
+    )
+    session.commit()
+    try:
+        with session_factory(engine)() as other:
+            assert other.get(Product, PRODUCTS + 1) is not None
+    finally:
+        session.delete(session.get(Product, PRODUCTS + 1))
+        session.commit()
+
+
+def test_a_query_of_the_wrong_size_is_refused(session: Session) -> None:
+    search = VectorSearch(Product, Product.embedding)
+    with pytest.raises(ValueError, match=r"the query vector has 3 dimensions; .* has 1536"):
+        search.nearest(session, [1.0, 2.0, 3.0])
+
+
+def test_a_missing_row_has_no_neighbors(session: Session) -> None:
+    search = VectorSearch(Product, Product.embedding)
+    with pytest.raises(LookupError, match="no Product with id=0 and a vector"):
+        search.neighbors_of(session, 0)
+
+
+@pytest.mark.parametrize(
+    ("distance", "settings", "message"),
+    [
+        (Distance.COSINE, SearchSettings(probes=3), r"probes do not apply to .* an hnsw index"),
+        (Distance.L2, SearchSettings(ef_search=80), r"ef_search do not apply to .* ivfflat index"),
+        (
+            Distance.L2,
+            SearchSettings(iterative_scan="strict_order"),
+            "iterative scans are relaxed_order only",
+        ),
+    ],
+)
+def test_settings_the_index_would_ignore_are_refused(
+    distance: Distance, settings: SearchSettings, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings.parameters(VectorSearch(Item, Item.embedding, distance).index)
+
+
+def test_an_unknown_iterative_scan_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="iterative_scan must be one of off, relaxed_order"):
+        SearchSettings(iterative_scan="relaxed")  # type: ignore[arg-type]
+
+
+def test_pool_settings_come_from_the_environment() -> None:
+    settings = EngineSettings.from_env({"DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "0"})
+    assert settings == EngineSettings(pool_size=2, max_overflow=0)
+    with pytest.raises(DatabaseConfigError, match="DATABASE_MAX_OVERFLOW must be a whole number"):
+        EngineSettings.from_env({"DATABASE_MAX_OVERFLOW": "-1"})
