@@ -22,13 +22,15 @@ import logging
 import re
 import socket
 import struct
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+import psycopg
 import psycopg2
-import psycopg2.errors
 from pgvector import HalfVector, SparseVector, Vector
 from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
 from psycopg2.extensions import encodings
@@ -38,6 +40,9 @@ from sqlalchemy.exc import DBAPIError, StatementError
 
 from pgvector_base.session import set_local
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 logger = logging.getLogger(__name__)
 
 # Each COPY ends by waiting for the server to store what it has been sent, which stalls the
@@ -45,6 +50,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 100_000
 # psycopg2 asks the stream for this many bytes at a time.
 READ_SIZE = 1 << 16
+# Rows numpy encodes at once: enough that its per-call costs vanish, few enough (6 MB at 384
+# dimensions) that the next slice is encoded while the server stores this one.
+COLUMN_SLICE = 4096
 # Room for the rows encoded while the server pauses to write (see _enlarge_send_buffer).
 SEND_BUFFER = 1 << 22
 
@@ -59,6 +67,11 @@ FIELD_COUNT = struct.Struct(">h")
 
 Encoder = Callable[[Any], bytes]
 ROW_TYPES = (list, tuple)
+# Rows, column batches (a mapping of column name to values), or an iterable of either.
+Rows = Iterable[Sequence[Any] | Mapping[str, Any]] | Mapping[str, Any]
+DriverConnection = psycopg2.extensions.connection | psycopg.Connection[Any]
+# pgvector's "invalid value for parameter": a build setting the server refuses.
+INVALID_PARAMETER_VALUE = "22023"
 
 
 class SettingError(ValueError):
@@ -121,7 +134,7 @@ class LoadResult:
 def load(
     connection: Connection,
     table: Table,
-    rows: Iterable[Sequence[Any]],
+    rows: Rows,
     *,
     columns: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -165,7 +178,7 @@ def load(
 def copy_rows(
     connection: Connection,
     table: Table,
-    rows: Iterable[Sequence[Any]],
+    rows: Rows,
     *,
     columns: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -174,43 +187,62 @@ def copy_rows(
     """Send ``rows`` to ``table`` by binary COPY, one COPY per ``batch_size`` rows; return how many.
 
     Each row holds one value per name in ``columns`` (default: every column of the table), in that
-    order. ``progress`` is called with the number of rows of each batch once it is stored. Runs in
-    the connection's current transaction and leaves committing to the caller.
+    order; a vector may be a list, a tuple, a pgvector ``Vector`` or a 1-D numpy array. Rows can
+    also come as column batches: a mapping of each name to its values (a 2-D numpy array for a
+    vector column, one row per embedding), alone or among the rows. ``progress`` is called with
+    the number of rows of each COPY once it is stored. Runs in the connection's current
+    transaction and leaves committing to the caller.
     """
     names = list(columns) if columns is not None else [column.name for column in table.columns]
-    dbapi_connection = _psycopg2(connection)
-    encode_row = _row_encoder(
-        [table.c[name] for name in names], encodings[dbapi_connection.encoding]
-    )
+    dbapi_connection = _driver_connection(connection)
+    encoder = _TableEncoder([table.c[name] for name in names], _encoding(dbapi_connection))
     preparer = connection.dialect.identifier_preparer
     sql = (
         f"COPY {_table_name(connection, table)} ({', '.join(preparer.quote(n) for n in names)}) "
         "FROM STDIN (FORMAT BINARY)"
     )
     _enlarge_send_buffer(dbapi_connection)
-    iterator = iter(rows)
+    source = _Source([rows] if isinstance(rows, Mapping) else rows, encoder)
     sent = 0
-    with dbapi_connection.cursor() as cursor:
-        # Taking the first row of each batch here means no COPY is started for an empty batch.
-        for first in iterator:
-            batch = itertools.chain((first,), itertools.islice(iterator, batch_size - 1))
-            stream = _CopyStream(batch, encode_row, sent + 1)
-            try:
-                cursor.copy_expert(sql, stream, READ_SIZE)
-            except psycopg2.Error as error:
-                if stream.error is not None:
-                    raise stream.error from None
-                located = _located(error, sent)
-                if located is None:
-                    raise _as_sqlalchemy_error(error, sql) from error
-                raise located from error
-            sent += stream.rows
-            if progress is not None:
-                progress(stream.rows)
+    # Asking for more first means no COPY is started for nothing.
+    while source.more():
+        pieces = itertools.chain((HEADER,), source.pieces(batch_size), (TRAILER,))
+        try:
+            _copy(dbapi_connection, sql, pieces)
+        except LoadError:
+            raise
+        except Exception as error:
+            if not _is_driver_error(error):
+                raise
+            located = _located(error, sent)
+            if located is None:
+                raise _as_sqlalchemy_error(error, sql) from error
+            raise located from error
+        count = source.line - sent
+        sent = source.line
+        if progress is not None:
+            progress(count)
     return sent
 
 
-def _enlarge_send_buffer(dbapi_connection: psycopg2.extensions.connection) -> None:
+def _copy(dbapi_connection: DriverConnection, sql: str, pieces: Iterator[bytes]) -> None:
+    """Run ``sql``, a ``COPY ... FROM STDIN``, sending ``pieces``: with psycopg2 or psycopg 3."""
+    if isinstance(dbapi_connection, psycopg2.extensions.connection):
+        stream = _CopyStream(pieces)
+        with dbapi_connection.cursor() as cursor:
+            try:
+                cursor.copy_expert(sql, stream, READ_SIZE)
+            except psycopg2.Error:
+                if stream.error is not None:
+                    raise stream.error from None
+                raise
+        return
+    with dbapi_connection.cursor() as copying, copying.copy(sql) as copy:
+        for piece in pieces:
+            copy.write(piece)
+
+
+def _enlarge_send_buffer(dbapi_connection: DriverConnection) -> None:
     """Let the client run a few MiB ahead of the server during COPY.
 
     Every few thousand rows the server stops reading for milliseconds while it writes out rows
@@ -228,53 +260,184 @@ def _enlarge_send_buffer(dbapi_connection: psycopg2.extensions.connection) -> No
 
 
 class _CopyStream(io.RawIOBase):
-    """The file ``copy_expert`` reads: a header, the rows, a trailer, encoded as it reads them.
+    """The file psycopg2's ``copy_expert`` reads, made of encoded pieces as it reads them.
 
-    Each read returns the rows encoded since the last, joined once and not copied again.
     ``error`` keeps what stopped the reading, which psycopg2 reports only as "error in .read()".
     """
 
-    def __init__(self, rows: Iterable[Sequence[Any]], encode_row: Encoder, first_line: int) -> None:
+    def __init__(self, pieces: Iterator[bytes]) -> None:
         super().__init__()
-        encoded = self._encode(rows, encode_row, first_line)
-        self._chunks = itertools.chain((HEADER,), encoded, (TRAILER,))
-        self._pending = b""
-        self.rows = 0
+        self._pieces = pieces
+        self._pending = memoryview(b"")
         self.error: BaseException | None = None
-
-    def _encode(
-        self, rows: Iterable[Sequence[Any]], encode_row: Encoder, first_line: int
-    ) -> Iterator[bytes]:
-        """The encoded rows, joined in chunks of at most one read (or one longer row)."""
-        chunk: list[bytes] = []
-        size = 0
-        for line, row in enumerate(rows, first_line):
-            try:
-                encoded = encode_row(row)
-            except (ValueError, TypeError) as error:
-                raise LoadError(line, str(error)) from None
-            if size + len(encoded) > READ_SIZE and chunk:
-                yield b"".join(chunk)
-                chunk, size = [], 0
-            chunk.append(encoded)
-            size += len(encoded)
-            self.rows += 1
-        yield b"".join(chunk)
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int | None = -1) -> bytes:
+        if not self._pending:
+            try:
+                self._pending = memoryview(next(self._pieces, b""))
+            except BaseException as error:
+                self.error = error
+                raise
+        # A piece of numpy-encoded rows is megabytes: hand it out a read at a time, each byte
+        # copied once (slicing the rest off as bytes would copy it again at every read).
+        end = len(self._pending) if size is None or size < 0 else size
+        data = bytes(self._pending[:end])
+        self._pending = self._pending[end:]
+        return data
+
+
+class _TableEncoder:
+    """Encodes rows and column batches for one COPY's columns."""
+
+    def __init__(self, columns: list[Column[Any]], encoding: str) -> None:
+        self.columns = columns
+        self._encode_row = _row_encoder(columns, encoding)
+        fixed = all(_fixed_layout(column) is not None for column in columns)
+        vectors = [i for i, c in enumerate(columns) if isinstance(c.type, VECTOR | HALFVEC)]
+        # Only rows whose every column has a fixed width can be encoded as one structured array.
+        self._gathered = vectors if fixed else []
+        self._layout: Any = None
+
+    def row(self, row: Sequence[Any], line: int) -> bytes:
+        """One row, or a :class:`LoadError` naming ``line``."""
         try:
-            data = self._pending or next(self._chunks, b"")
-        except BaseException as error:
-            self.error = error
-            raise
-        if size is None or size < 0 or len(data) <= size:
-            self._pending = b""
-            return data
-        self._pending = data[size:]
-        return data[:size]
+            return self._encode_row(row)
+        except (ValueError, TypeError) as error:
+            raise LoadError(line, str(error)) from None
+
+    def gathers(self, row: object) -> bool:
+        """Whether ``row`` is encoded with its neighbours as columns: its vectors are arrays."""
+        ndarray = _ndarray_type()
+        return (
+            ndarray is not None
+            and bool(self._gathered)
+            and type(row) in ROW_TYPES
+            and len(row) == len(self.columns)  # type: ignore[arg-type]
+            and all(type(row[i]) is ndarray for i in self._gathered)  # type: ignore[index]
+        )
+
+    def batch(self, columns: Mapping[str, Any], line: int) -> list[Any]:
+        """The values of a column batch in the COPY's column order, all of one length."""
+        names = [column.name for column in self.columns]
+        missing = [name for name in names if name not in columns]
+        extra = [name for name in columns if name not in names]
+        if missing or extra:
+            raise LoadError(
+                line,
+                f"a column batch needs exactly the columns {', '.join(names)}; "
+                + ", ".join(
+                    f"{what} {', '.join(found)}"
+                    for what, found in (("missing", missing), ("unknown", extra))
+                    if found
+                ),
+            )
+        values = [columns[name] for name in names]
+        lengths = {name: len(value) for name, value in zip(names, values, strict=True)}
+        if len(set(lengths.values())) > 1:
+            described = ", ".join(f"{name} {length}" for name, length in lengths.items())
+            raise LoadError(line, f"the columns of a column batch differ in length: {described}")
+        return values
+
+    def columns_of(self, values: Sequence[Any], first_line: int) -> bytes:
+        """Rows given as one sequence per column, encoded by numpy when every value fits;
+        otherwise row by row, which names the first bad row."""
+        if self._gathered:
+            if self._layout is None:
+                from pgvector_base.arrays import Layout
+
+                self._layout = Layout(self.columns)
+            encoded: bytes | None = self._layout.encode(values)
+            if encoded is not None:
+                return encoded
+        rows = zip(*values, strict=True)
+        return b"".join([self.row(row, line) for line, row in enumerate(rows, first_line)])
+
+
+class _Source:
+    """The rows to copy, encoded into pieces of up to one COPY's worth.
+
+    Rows are encoded one by one, except consecutive rows whose vectors are numpy arrays, which
+    are gathered into columns; columns are encoded ``COLUMN_SLICE`` rows at a time.
+    """
+
+    def __init__(self, items: Iterable[Any], encoder: _TableEncoder) -> None:
+        self._items = iter(items)
+        self._ahead: deque[Any] = deque()
+        self._encoder = encoder
+        self._columns: list[Any] = []  # a column batch being sent, from self._offset
+        self._offset = 0
+        self._length = 0
+        self.line = 0  # rows encoded so far
+
+    def more(self) -> bool:
+        """Whether any row is left to send."""
+        if self._offset < self._length or self._ahead:
+            return True
+        for item in self._items:
+            self._ahead.append(item)
+            return True
+        return False
+
+    def pieces(self, limit: int) -> Iterator[bytes]:
+        """The next ``limit`` rows (or fewer, at the end), encoded; joined in pieces of at least
+        one read, so that a read is not a Python call per row."""
+        end = self.line + limit
+        chunk: list[bytes] = []
+        size = 0
+        while self.line < end and self.more():
+            if self._offset < self._length:
+                if chunk:
+                    yield b"".join(chunk)
+                    chunk, size = [], 0
+                yield self._next_columns(end)
+                continue
+            item = self._ahead.popleft()
+            if isinstance(item, Mapping):
+                self._start_columns(self._encoder.batch(item, self.line + 1))
+            elif self._encoder.gathers(item):
+                self._start_columns(list(zip(*self._gather(item, end), strict=True)))
+            else:
+                self.line += 1
+                encoded = self._encoder.row(item, self.line)
+                chunk.append(encoded)
+                size += len(encoded)
+                if size >= READ_SIZE:
+                    yield b"".join(chunk)
+                    chunk, size = [], 0
+        if chunk:
+            yield b"".join(chunk)
+
+    def _gather(self, first: Sequence[Any], end: int) -> list[Sequence[Any]]:
+        """``first`` and the rows after it like it, up to one slice and the COPY's ``end``."""
+        rows = [first]
+        wanted = min(COLUMN_SLICE, end - self.line)
+        while len(rows) < wanted and self.more():
+            if not self._encoder.gathers(self._ahead[0]):
+                break
+            rows.append(self._ahead.popleft())
+        return rows
+
+    def _start_columns(self, values: list[Any]) -> None:
+        self._columns = values
+        self._offset = 0
+        self._length = len(values[0]) if values else 0
+
+    def _next_columns(self, end: int) -> bytes:
+        stop = min(self._length, self._offset + COLUMN_SLICE, self._offset + end - self.line)
+        part = [values[self._offset : stop] for values in self._columns]
+        encoded = self._encoder.columns_of(part, self.line + 1)
+        self.line += stop - self._offset
+        self._offset = stop
+        return encoded
+
+
+def _ndarray_type() -> type | None:
+    """numpy's array type if numpy is loaded: a value can only be an array if it is."""
+    numpy = sys.modules.get("numpy")
+    return numpy.ndarray if numpy is not None else None
 
 
 def _row_encoder(columns: list[Column[Any]], encoding: str) -> Encoder:
@@ -461,6 +624,17 @@ def _dense_encoder(type_: VECTOR | HALFVEC) -> Encoder:
     fixed = packer(dim) if dim is not None else None
 
     def encode(value: Any) -> bytes:
+        ndarray = _ndarray_type()
+        if ndarray is not None and isinstance(value, ndarray):
+            from pgvector_base.arrays import vector_bytes
+
+            array = cast("npt.NDArray[Any]", value)
+            count = len(array) if array.ndim == 1 else 0
+            if dim is not None and array.ndim == 1 and count != dim:
+                raise ValueError(f"expected {dim} dimensions, got {count}")
+            data = vector_bytes(array, type_, range_)
+            field, prefix = fixed or packer(count)
+            return struct.pack(">iHH", *prefix) + data
         values = value.to_list() if isinstance(value, kind) else value
         if not isinstance(values, ROW_TYPES):
             raise TypeError(f"expected a list of numbers, got {type(values).__name__}")
@@ -532,10 +706,11 @@ def _apply(connection: Connection, build: BuildSettings) -> None:
         try:
             set_local(connection, {name: value})
         except DBAPIError as error:
-            if not isinstance(error.orig, psycopg2.errors.InvalidParameterValue):
+            orig: Any = error.orig
+            if _sqlstate(orig) != INVALID_PARAMETER_VALUE:
                 raise
-            hint = f"; {error.orig.diag.message_hint}" if error.orig.diag.message_hint else ""
-            raise SettingError(name, f"{error.orig.diag.message_primary}{hint}") from None
+            hint = f"; {orig.diag.message_hint}" if orig.diag.message_hint else ""
+            raise SettingError(name, f"{orig.diag.message_primary}{hint}") from None
 
 
 def _build_indexes(connection: Connection, indexes: dict[str, str]) -> tuple[str, ...]:
@@ -543,30 +718,58 @@ def _build_indexes(connection: Connection, indexes: dict[str, str]) -> tuple[str
     "hnsw graph no longer fits into maintenance_work_mem"."""
     if not indexes:
         return ()
-    dbapi_connection = _psycopg2(connection)
-    # Through the driver's own cursor: SQLAlchemy would log the notices and discard them. psycopg2
-    # keeps the connection's last 50, and only the build's are wanted.
-    dbapi_connection.notices.clear()
-    with dbapi_connection.cursor() as cursor:
-        for name, definition in indexes.items():
-            logger.info("Building index %s", name)
-            try:
-                cursor.execute(definition)
-            except psycopg2.Error as error:
-                raise _as_sqlalchemy_error(error, definition) from error
-    return tuple(notice.strip() for notice in dbapi_connection.notices)
+    dbapi_connection = _driver_connection(connection)
+    # Through the driver's own cursor: SQLAlchemy would log the notices and discard them.
+    notices: list[str] = []
+    if isinstance(dbapi_connection, psycopg2.extensions.connection):
+        # psycopg2 keeps the connection's last 50, and only the build's are wanted.
+        dbapi_connection.notices.clear()
+        notices = dbapi_connection.notices
+    else:
+        dbapi_connection.add_notice_handler(handler := _notice_collector(notices))
+    try:
+        with dbapi_connection.cursor() as cursor:
+            for name, definition in indexes.items():
+                logger.info("Building index %s", name)
+                try:
+                    cursor.execute(definition)
+                except (psycopg2.Error, psycopg.Error) as error:
+                    raise _as_sqlalchemy_error(error, definition) from error
+    finally:
+        if not isinstance(dbapi_connection, psycopg2.extensions.connection):
+            dbapi_connection.remove_notice_handler(handler)
+    return tuple(notice.strip() for notice in notices)
 
 
-def _as_sqlalchemy_error(error: psycopg2.Error, statement: str) -> StatementError:
+def _notice_collector(notices: list[str]) -> Callable[[psycopg.errors.Diagnostic], None]:
+    """A psycopg 3 notice handler that keeps each notice as psycopg2 would: ``NOTICE:  ...``."""
+
+    def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
+        notices.append(f"{diagnostic.severity}:  {diagnostic.message_primary}")
+
+    return collect
+
+
+def _is_driver_error(error: BaseException) -> bool:
+    return isinstance(error, psycopg2.Error | psycopg.Error)
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a psycopg2 or psycopg 3 error."""
+    return getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)
+
+
+def _as_sqlalchemy_error(error: Exception, statement: str) -> StatementError:
     """An error of the driver's own cursor as SQLAlchemy raises it elsewhere (a ``DBAPIError``),
     so that callers handle every database error of a load in one way."""
-    return DBAPIError.instance(statement, None, error, psycopg2.Error)
+    base = psycopg2.Error if isinstance(error, psycopg2.Error) else psycopg.Error
+    return DBAPIError.instance(statement, None, error, base)
 
 
 COPY_LINE = re.compile(r"COPY .*, line (\d+)(?:, column (.+?)(?::|$))?")
 
 
-def _located(error: psycopg2.Error, sent: int) -> LoadError | None:
+def _located(error: Any, sent: int) -> LoadError | None:
     """A server error about one row of a COPY (which follows ``sent`` rows) as a
     :class:`LoadError` for that row's line; ``None`` for an error about no row."""
     match = COPY_LINE.search(error.diag.context or "")
@@ -578,8 +781,16 @@ def _located(error: psycopg2.Error, sent: int) -> LoadError | None:
     return LoadError(sent + int(line), where + error.diag.message_primary + detail)
 
 
-def _psycopg2(connection: Connection) -> psycopg2.extensions.connection:
+def _encoding(dbapi_connection: DriverConnection) -> str:
+    """The Python codec of the connection's client encoding."""
+    if isinstance(dbapi_connection, psycopg2.extensions.connection):
+        return encodings[dbapi_connection.encoding]
+    return str(dbapi_connection.info.encoding)
+
+
+def _driver_connection(connection: Connection) -> DriverConnection:
+    """The psycopg2 or psycopg 3 connection under ``connection``, for COPY."""
     dbapi_connection = connection.connection.dbapi_connection
-    if not isinstance(dbapi_connection, psycopg2.extensions.connection):
-        raise TypeError(f"binary COPY needs a psycopg2 connection, not {dbapi_connection!r}")
+    if not isinstance(dbapi_connection, psycopg2.extensions.connection | psycopg.Connection):
+        raise TypeError(f"binary COPY needs psycopg2 or psycopg 3, not {dbapi_connection!r}")
     return dbapi_connection
