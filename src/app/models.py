@@ -1,7 +1,7 @@
 """The application's schema: the declarative base and every model.
 
 Importing this module registers every model on ``Base.metadata``; it is the one import ``env.py``
-needs. Replace ``Product`` with your own models (see the README, "Your own models").
+needs. Declare your models below ``Base``.
 """
 
 from __future__ import annotations
@@ -9,9 +9,6 @@ from __future__ import annotations
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import BigInteger, Index, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-EMBEDDING_DIM = 1536
-"""Dimensions of ``Product.embedding``: the size of the embedding model's output."""
 
 # Deterministic constraint names, so later migrations can drop or alter what earlier ones created.
 NAMING_CONVENTION = {
@@ -27,6 +24,14 @@ class Base(DeclarativeBase):
     """Declarative base of every model; its metadata is Alembic's ``target_metadata``."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# <example>
+# The template's example model. `python3 .copier/tasks.py --include-example=false` deletes the
+# lines from <example> to </example> with the rest of the example (README, "Your own schema").
+
+EMBEDDING_DIM = 1536
+"""Dimensions of ``Product.embedding``: the size of the embedding model's output."""
 
 
 class Product(Base):
@@ -49,3 +54,6 @@ class Product(Base):
             postgresql_ops={"embedding": "vector_cosine_ops"},
         ),
     )
+
+
+# </example>
