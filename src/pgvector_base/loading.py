@@ -352,7 +352,13 @@ class _TableEncoder:
             encoded: bytes | None = self._layout.encode(values)
             if encoded is not None:
                 return encoded
-        rows = zip(*values, strict=True)
+        # Python values, so that a message shows 6 where numpy would show np.int64(6).
+        ndarray = _ndarray_type()
+        plain = [
+            v.tolist() if ndarray is not None and isinstance(v, ndarray) and v.ndim == 1 else v
+            for v in values
+        ]
+        rows = zip(*plain, strict=True)
         return b"".join([self.row(row, line) for line, row in enumerate(rows, first_line)])
 
 
@@ -434,7 +440,7 @@ class _Source:
         return encoded
 
 
-def _ndarray_type() -> type | None:
+def _ndarray_type() -> Any:
     """numpy's array type if numpy is loaded: a value can only be an array if it is."""
     numpy = sys.modules.get("numpy")
     return numpy.ndarray if numpy is not None else None

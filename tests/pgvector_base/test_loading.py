@@ -8,7 +8,10 @@ bit for bit against an implementation other than the loader's.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,25 +24,48 @@ from sqlalchemy import (
     Boolean,
     Column,
     Engine,
+    Index,
     MetaData,
     SmallInteger,
     String,
     Table,
+    Text,
     create_engine,
     text,
 )
-from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.models import EMBEDDING_DIM, Base
 from pgvector_base.loading import BuildSettings, LoadError, SettingError, copy_rows, load
+from tests.conftest import CreateDatabase
 
-PRODUCT: Table = Base.metadata.tables["product"]
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENT_DIM = 1536
 DIM = 8
 
 
 class LoadingBase(DeclarativeBase):
-    """Test-only tables for the types the loader encodes besides the product's."""
+    """The tests' own tables: a typical one with a vector index, and one per encoding path."""
+
+
+class Document(LoadingBase):
+    """Text and an embedding with an HNSW index, as a team's table might be."""
+
+    __tablename__ = "loading_document"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[list[float] | None] = mapped_column(VECTOR(DOCUMENT_DIM))
+
+    __table_args__ = (
+        Index(
+            "ix_loading_document_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+    )
 
 
 class Sample(LoadingBase):
@@ -68,15 +94,27 @@ class Packed(LoadingBase):
     half: Mapped[list[float] | None] = mapped_column(HALFVEC(DIM))
 
 
+DOCUMENT: Table = LoadingBase.metadata.tables["loading_document"]
 SAMPLE: Table = LoadingBase.metadata.tables["loading_sample"]
 PACKED: Table = LoadingBase.metadata.tables["loading_packed"]
 
 
 @pytest.fixture(scope="module")
-def engine(migrated_database_url: URL) -> Iterator[Engine]:
-    """The module's database: the product table from the migrations, plus the sample table."""
-    engine = create_engine(migrated_database_url)
-    LoadingBase.metadata.create_all(engine)
+def database_url(create_database: CreateDatabase) -> str:
+    """The module's own database, with the tests' tables, as a URL string with its password."""
+    url = create_database()
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+        LoadingBase.metadata.create_all(connection)
+    engine.dispose()
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: str) -> Iterator[Engine]:
+    """The module's database through psycopg2."""
+    engine = create_engine(database_url)
     yield engine
     engine.dispose()
 
@@ -85,19 +123,19 @@ def engine(migrated_database_url: URL) -> Iterator[Engine]:
 def empty_tables(engine: Engine) -> None:
     """Each test starts from empty tables."""
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE product, loading_sample, loading_packed"))
+        connection.execute(text("TRUNCATE loading_document, loading_sample, loading_packed"))
 
 
-def products(count: int, first: int = 1) -> list[tuple[Any, ...]]:
-    """Products with random float64 embeddings, which float4 storage must round."""
+def documents(count: int, first: int = 1) -> list[tuple[Any, ...]]:
+    """Documents with random float64 embeddings, which float4 storage must round."""
     rng = np.random.default_rng(first)
-    vectors = rng.standard_normal((count, EMBEDDING_DIM)).tolist()
+    vectors = rng.standard_normal((count, DOCUMENT_DIM)).tolist()
     return [
-        (i, f"product {i}", "ünïcode ✓", vectors[i - first]) for i in range(first, first + count)
+        (i, f"document {i}", "ünïcode ✓", vectors[i - first]) for i in range(first, first + count)
     ]
 
 
-def count(engine: Engine, table: str = "product") -> int:
+def count(engine: Engine, table: str = "loading_document") -> int:
     """How many rows ``table`` has."""
     with engine.connect() as connection:
         return int(connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
@@ -115,11 +153,14 @@ def copy_and_read(
 
 
 def test_vectors_round_trip_bit_for_bit(engine: Engine) -> None:
-    rows = products(50)
+    rows = documents(50)
     with engine.begin() as connection:
-        assert copy_rows(connection, PRODUCT, rows, batch_size=7) == 50
+        assert copy_rows(connection, DOCUMENT, rows, batch_size=7) == 50
         stored = connection.execute(
-            text("SELECT id, name, description, vector_send(embedding) FROM product ORDER BY id")
+            text(
+                "SELECT id, name, description, vector_send(embedding) "
+                "FROM loading_document ORDER BY id"
+            )
         ).all()
     assert [(i, name, description) for i, name, description, _ in stored] == [
         row[:3] for row in rows
@@ -183,27 +224,28 @@ def test_rows_of_fixed_width_columns_round_trip_whatever_their_form(engine: Engi
 
 def test_a_first_load_rebuilds_the_vector_index_then_analyzes(engine: Engine) -> None:
     index = text(
-        "SELECT pg_get_indexdef('ix_product_embedding_hnsw'::regclass), "
-        "'ix_product_embedding_hnsw'::regclass::oid"
+        "SELECT pg_get_indexdef('ix_loading_document_embedding'::regclass), "
+        "'ix_loading_document_embedding'::regclass::oid"
     )
     statistics = text(
-        "SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'product' AND attname = 'id'"
+        "SELECT histogram_bounds::text FROM pg_stats "
+        "WHERE tablename = 'loading_document' AND attname = 'id'"
     )
     with engine.connect() as connection:
         before, before_oid = connection.execute(index).one()
 
     with engine.begin() as connection:
-        first = load(connection, PRODUCT, products(30, first=1001), batch_size=8)
+        first = load(connection, DOCUMENT, documents(30, first=1001), batch_size=8)
     with engine.connect() as connection:
         after_first, first_oid = connection.execute(index).one()
         histogram = connection.scalar(statistics)
     with engine.begin() as connection:
-        second = load(connection, PRODUCT, products(5, first=1031))
+        second = load(connection, DOCUMENT, documents(5, first=1031))
     with engine.connect() as connection:
         after_second, second_oid = connection.execute(index).one()
 
     assert first.rows == 30
-    assert first.rebuilt_indexes == ("ix_product_embedding_hnsw",)
+    assert first.rebuilt_indexes == ("ix_loading_document_embedding",)
     assert after_first == before
     assert first_oid != before_oid
     assert histogram.startswith("{1001,")
@@ -218,8 +260,8 @@ def test_build_settings_apply_to_the_build_only(engine: Engine) -> None:
     with engine.begin() as connection:
         result = load(
             connection,
-            PRODUCT,
-            products(300),
+            DOCUMENT,
+            documents(300),
             build=BuildSettings(maintenance_work_mem="1MB", max_parallel_maintenance_workers=0),
         )
         setting = connection.scalar(text("SHOW maintenance_work_mem"))
@@ -236,12 +278,12 @@ def test_a_build_setting_the_server_refuses_stops_the_load_before_any_row(engine
     read: list[int] = []
 
     def rows() -> Iterator[tuple[Any, ...]]:
-        for row in products(3):
+        for row in documents(3):
             read.append(row[0])
             yield row
 
     with pytest.raises(SettingError) as refused, engine.begin() as connection:
-        load(connection, PRODUCT, rows(), build=BuildSettings(maintenance_work_mem="lots"))
+        load(connection, DOCUMENT, rows(), build=BuildSettings(maintenance_work_mem="lots"))
     assert refused.value.name == "maintenance_work_mem"
     assert str(refused.value) == 'invalid value for parameter "maintenance_work_mem": "lots"'
     assert read == []
@@ -250,31 +292,34 @@ def test_a_build_setting_the_server_refuses_stops_the_load_before_any_row(engine
 def test_progress_is_reported_per_batch(engine: Engine) -> None:
     batches: list[int] = []
     with engine.begin() as connection:
-        copy_rows(connection, PRODUCT, products(7), batch_size=3, progress=batches.append)
+        copy_rows(connection, DOCUMENT, documents(7), batch_size=3, progress=batches.append)
     assert batches == [3, 3, 1]
 
 
 def bad(position: int, value: Any) -> tuple[Any, ...]:
-    """Product 6 with the value at ``position`` replaced."""
-    row = products(1, first=6)[0]
+    """Document 6 with the value at ``position`` replaced."""
+    row = documents(1, first=6)[0]
     return (*row[:position], value, *row[position + 1 :])
 
 
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        (bad(3, [0.5] * 3), "embedding: expected 1536 dimensions, got 3"),
-        (bad(3, [math.nan] * 1536), "embedding: NaN not allowed in vector"),
-        (bad(3, [1.0] * 1535 + [-math.inf]), "embedding: infinite value not allowed in vector"),
-        (bad(3, [1e39] * 1536), "embedding: a value is outside the range of vector"),
-        (bad(3, ["0.5"] * 1536), "embedding: expected a list of numbers"),
+        (bad(3, [0.5] * 3), f"embedding: expected {DOCUMENT_DIM} dimensions, got 3"),
+        (bad(3, [math.nan] * DOCUMENT_DIM), "embedding: NaN not allowed in vector"),
+        (
+            bad(3, [1.0] * (DOCUMENT_DIM - 1) + [-math.inf]),
+            "embedding: infinite value not allowed in vector",
+        ),
+        (bad(3, [1e39] * DOCUMENT_DIM), "embedding: a value is outside the range of vector"),
+        (bad(3, ["0.5"] * DOCUMENT_DIM), "embedding: expected a list of numbers"),
         (bad(3, "[0.5, 0.5]"), "embedding: expected a list of numbers, got str"),
         (bad(0, "12"), "id: expected an integer, got '12'"),
         (bad(0, 2**63), "id: 9223372036854775808 is out of range for bigint"),
         (bad(1, None), "name must not be null"),
         (bad(1, "x" * 201), "name: 201 characters, more than the column's 200"),
         (bad(2, "a\x00b"), "description: contains a NUL character"),
-        (bad(3, [0.5] * 1536)[:3], "expected 4 values (id, name, description, embedding)"),
+        (bad(3, [0.5] * DOCUMENT_DIM)[:3], "expected 4 values (id, name, description, embedding)"),
     ],
 )
 def test_a_bad_row_stops_the_load_and_leaves_nothing(
@@ -282,7 +327,7 @@ def test_a_bad_row_stops_the_load_and_leaves_nothing(
 ) -> None:
     """The bad row is line 6; in batches of 2, lines 1 to 4 were sent and must not remain."""
     with pytest.raises(LoadError) as failed, engine.begin() as connection:
-        load(connection, PRODUCT, [*products(5), row], batch_size=2)
+        load(connection, DOCUMENT, [*documents(5), row], batch_size=2)
     assert str(failed.value).startswith(f"line 6: {message}")
     assert count(engine) == 0
 
@@ -327,11 +372,11 @@ def test_a_bad_row_of_fixed_width_columns_is_named_like_any_other(
 
 
 def test_a_row_the_server_rejects_is_reported_by_its_line(engine: Engine) -> None:
-    rows = [*products(4), products(1, first=2)[0]]
+    rows = [*documents(4), documents(1, first=2)[0]]
     with pytest.raises(LoadError) as failed, engine.begin() as connection:
-        load(connection, PRODUCT, rows, batch_size=3)
+        load(connection, DOCUMENT, rows, batch_size=3)
     assert str(failed.value) == (
-        'line 5: duplicate key value violates unique constraint "pk_product": '
+        'line 5: duplicate key value violates unique constraint "loading_document_pkey": '
         "Key (id)=(2) already exists."
     )
     assert count(engine) == 0
@@ -339,11 +384,11 @@ def test_a_row_the_server_rejects_is_reported_by_its_line(engine: Engine) -> Non
 
 def test_an_error_in_the_input_stops_the_load_and_leaves_nothing(engine: Engine) -> None:
     def rows() -> Iterator[tuple[Any, ...]]:
-        yield from products(3)
+        yield from documents(3)
         raise LoadError(4, "not JSON")
 
     with pytest.raises(LoadError, match="line 4: not JSON"), engine.begin() as connection:
-        load(connection, PRODUCT, rows())
+        load(connection, DOCUMENT, rows())
     assert count(engine) == 0
 
 
@@ -395,3 +440,192 @@ def test_a_column_type_without_an_encoder_is_refused(engine: Engine) -> None:
         engine.begin() as connection,
     ):
         copy_rows(connection, documents, [])
+
+
+def binaries(rows: Any) -> list[tuple[int, int, bool, bytes, bytes]]:
+    """What pgvector-python's own encoders make of rows of the packed table."""
+    return [
+        (int(i), int(small), bool(flag), Vector(dense).to_binary(), HalfVector(half).to_binary())
+        for i, small, flag, dense, half in rows
+    ]
+
+
+PACKED_BINARY = "id, small, flag, vector_send(dense), halfvec_send(half)"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_rows_and_column_batches_store_what_pgvector_encodes(
+    engine: Engine, dtype: type[np.floating[Any]]
+) -> None:
+    """Rows with 1-D arrays, a column batch with 2-D arrays, and lists, in one input, crossing
+    COPY boundaries; float64 must be rounded to float4 and float2 exactly as pgvector rounds it."""
+    rng = np.random.default_rng(3)
+    dense = (rng.standard_normal((9000, DIM)) * 100).astype(dtype)
+    half = rng.standard_normal((9000, DIM)).astype(dtype)
+    ids = np.arange(1, 9001)
+    small = rng.integers(-32768, 32768, size=9000, dtype=np.int16)
+    flags = rng.random(9000) < 0.5
+    rows = list(zip(ids.tolist(), small.tolist(), flags.tolist(), dense, half, strict=True))
+    batch: dict[str, Any] = {"id": ids, "small": small, "flag": flags, "dense": dense, "half": half}
+    lists = [(i, s, f, d.tolist(), h.tolist()) for i, s, f, d, h in rows]
+    items: list[Any] = [
+        *rows[:5000],
+        {name: values[5000:8990] for name, values in batch.items()},
+        *lists[8990:],
+    ]
+    copied: list[int] = []
+
+    with engine.begin() as connection:
+        total = copy_rows(connection, PACKED, items, batch_size=3000, progress=copied.append)
+        stored = connection.execute(
+            text(f"SELECT {PACKED_BINARY} FROM loading_packed ORDER BY id")
+        ).all()
+
+    assert total == 9000
+    assert copied == [3000, 3000, 3000]
+    assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored] == (
+        binaries(rows)
+    )
+
+
+def test_a_column_batch_alone_is_loaded(engine: Engine) -> None:
+    rng = np.random.default_rng(4)
+    batch = {
+        "id": list(range(1, 11)),
+        "small": np.zeros(10, dtype=np.int64),
+        "flag": [True] * 10,
+        "dense": rng.standard_normal((10, DIM), dtype=np.float32),
+        "half": rng.standard_normal((10, DIM), dtype=np.float32),
+    }
+    with engine.begin() as connection:
+        result = load(connection, PACKED, batch)
+    assert result.rows == 10
+    assert count(engine, "loading_packed") == 10
+
+
+def good_batch() -> dict[str, Any]:
+    """Ten good rows of the packed table as columns, for a test to spoil."""
+    rng = np.random.default_rng(5)
+    return {
+        "id": np.arange(1, 11),
+        "small": np.ones(10, dtype=np.int32),
+        "flag": np.ones(10, dtype=bool),
+        "dense": rng.standard_normal((10, DIM)),
+        "half": rng.standard_normal((10, DIM), dtype=np.float32),
+    }
+
+
+def spoiled(column: str, value: Any, row: int = 5) -> dict[str, Any]:
+    """:func:`good_batch` with ``column`` of 0-based ``row`` set to ``value``."""
+    batch = good_batch()
+    batch[column][row] = value
+    return batch
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (spoiled("dense", math.nan), "line 10: dense: NaN not allowed in vector"),
+        (spoiled("dense", -math.inf), "line 10: dense: infinite value not allowed in vector"),
+        (spoiled("dense", 1e39), "line 10: dense: a value is outside the range of vector (float4)"),
+        (spoiled("half", 7e4), "line 10: half: a value is outside the range of halfvec (±65504)"),
+        (spoiled("half", math.inf), "line 10: half: infinite value not allowed in halfvec"),
+        (spoiled("small", 40000), "line 10: small: 40000 is out of range for smallint"),
+        (
+            {**good_batch(), "dense": np.zeros((10, DIM + 1))},
+            f"line 5: dense: expected {DIM} dimensions, got {DIM + 1}",
+        ),
+        (
+            {**good_batch(), "id": np.arange(1, 11, dtype=np.float64)},
+            "line 5: id: expected an integer, got 1.0",
+        ),
+        (
+            {name: values for name, values in good_batch().items() if name != "half"},
+            "line 5: a column batch needs exactly the columns id, small, flag, dense, half; "
+            "missing half",
+        ),
+        (
+            {**good_batch(), "id": np.arange(1, 10)},
+            "line 5: the columns of a column batch differ in length: "
+            "id 9, small 10, flag 10, dense 10, half 10",
+        ),
+    ],
+)
+def test_a_bad_value_in_a_column_batch_is_named_by_its_row(
+    engine: Engine, batch: dict[str, Any], message: str
+) -> None:
+    """Four rows come first, so row 6 of the batch is line 10."""
+    with pytest.raises(LoadError) as failed, engine.begin() as connection:
+        load(connection, PACKED, [*[(i, *GOOD_PACKED[1:]) for i in range(11, 15)], batch])
+    assert str(failed.value) == message.replace("line 5:", "line 5:").replace(
+        "line 10:", "line 10:"
+    )
+    assert count(engine, "loading_packed") == 0
+
+
+@pytest.mark.parametrize(
+    ("vector", "message"),
+    [
+        (np.zeros(DOCUMENT_DIM - 1), f"expected {DOCUMENT_DIM} dimensions, got {DOCUMENT_DIM - 1}"),
+        (np.zeros((2, DOCUMENT_DIM)), "expected a 1-D array, got 2 dimensions"),
+        (np.full(DOCUMENT_DIM, math.nan), "NaN not allowed in vector"),
+        (np.array(["a"] * DOCUMENT_DIM), "expected an array of numbers, got dtype <U1"),
+    ],
+)
+def test_a_bad_numpy_row_is_named_like_any_other(engine: Engine, vector: Any, message: str) -> None:
+    """A table with text columns takes numpy rows one by one."""
+    rows = [(i, "name", "", np.zeros(DOCUMENT_DIM)) for i in range(1, 6)]
+    with pytest.raises(LoadError) as failed, engine.begin() as connection:
+        load(connection, DOCUMENT, [*rows, (6, "name", "", vector)], batch_size=2)
+    assert str(failed.value) == f"line 6: embedding: {message}"
+    assert count(engine) == 0
+
+
+def test_numpy_is_not_imported_for_rows_of_lists(database_url: str) -> None:
+    script = f"""
+import sys
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from sqlalchemy import BigInteger, Boolean, Column, MetaData, SmallInteger, Table, create_engine
+from pgvector_base.loading import copy_rows
+
+packed = Table(
+    "loading_packed", MetaData(), Column("id", BigInteger), Column("small", SmallInteger),
+    Column("flag", Boolean), Column("dense", VECTOR({DIM})), Column("half", HALFVEC({DIM})),
+)
+with create_engine({database_url!r}).connect() as connection:
+    copy_rows(connection, packed, [(100, 1, True, [0.5] * {DIM}, [0.5] * {DIM})])
+    connection.rollback()
+print("numpy" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_psycopg3_connections_load_the_same_bytes_and_report_build_notices(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url.replace("+psycopg2", "+psycopg"))
+    rows = documents(300)
+    try:
+        with engine.begin() as connection:
+            result = load(
+                connection,
+                DOCUMENT,
+                rows,
+                batch_size=128,
+                build=BuildSettings(maintenance_work_mem="1MB", max_parallel_maintenance_workers=0),
+            )
+            stored = connection.execute(
+                text("SELECT vector_send(embedding) FROM loading_document ORDER BY id")
+            ).scalars()
+            assert [bytes(binary) for binary in stored] == [
+                Vector(row[3]).to_binary() for row in rows
+            ]
+    finally:
+        engine.dispose()
+    assert result.rebuilt_indexes == ("ix_loading_document_embedding",)
+    assert len(result.notices) == 1
+    assert "hnsw graph no longer fits into maintenance_work_mem after" in result.notices[0]
