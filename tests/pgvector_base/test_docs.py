@@ -1,27 +1,24 @@
 """Every relative link and ``#anchor`` in README.md and docs/*.md resolves, as GitHub renders it.
 
-The same holds in a project generated without the example or without pgai: there, the passages
-between ``<!-- example -->`` and ``<!-- /example -->`` (or ``<!-- pgai -->`` and ``<!-- /pgai -->``)
-are gone, and so are the files that belong to the example or to pgai.
+The same holds in a project generated without the example or without pgai: there, Copier's task
+script (``.copier/tasks.py``) has deleted the passages marked ``<!-- example -->`` or
+``<!-- pgai -->`` and the files that belong to each part.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# What a project generated without each part lacks, as paths from the repository root.
-REMOVED_WITH = {
-    "example": ("docs/example.md", "src/app/cli.py", "tests/example"),
-    "pgai": ("docs/pgai.md", "src/pgvector_base/pgai_setup.py", "tests/pgvector_base/test_pgai.py"),
-}
 
 FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)(?:\s+#+)?\s*$")
@@ -29,7 +26,6 @@ CODE_SPAN = re.compile(r"`+[^`]*`+")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
 INLINE_LINK_TEXT = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
-MARKER = re.compile(r"^<!-- (/?)(example|pgai) -->$", re.MULTILINE)
 
 
 def prose_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -106,39 +102,36 @@ def broken_links(root: Path, removed: tuple[str, ...] = ()) -> list[str]:
     return broken
 
 
-def without(text: str, part: str) -> str:
-    """``text`` without its lines from ``<!-- part -->`` through ``<!-- /part -->``."""
-    return re.sub(rf"(?ms)^<!-- {part} -->$.*?^<!-- /{part} -->$\n?", "", text)
+@pytest.fixture
+def tasks(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The task script that applies Copier's answers, imported from its file."""
+    spec = importlib.util.spec_from_file_location("copier_tasks", ROOT / ".copier" / "tasks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Its dataclasses look their module up by name.
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_links_and_anchors_resolve() -> None:
     assert broken_links(ROOT) == []
 
 
-@pytest.mark.parametrize("parts", [("example",), ("pgai",), ("example", "pgai")])
-def test_links_and_anchors_resolve_without_the_removable_parts(
-    tmp_path: Path, parts: tuple[str, ...]
+@pytest.mark.parametrize(
+    ("example", "pgai"), [(False, True), (True, False), (False, False)], ids=str
+)
+def test_links_and_anchors_resolve_without_the_example_or_pgai(
+    tmp_path: Path, tasks: ModuleType, example: bool, pgai: bool
 ) -> None:
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    removed = tuple(path for part in parts for path in REMOVED_WITH[part])
-    for path in removed:
-        (tmp_path / path).unlink(missing_ok=True)
-    for document in [tmp_path / "README.md", *(tmp_path / "docs").glob("*.md")]:
-        text = document.read_text()
-        for part in parts:
-            text = without(text, part)
-        document.write_text(text)
+    answers = [f"--include-example={example}", f"--include-pgai={pgai}"]
+    assert tasks.main(answers, root=tmp_path) == 0
+    removed = (*([] if example else tasks.EXAMPLE_PATHS), *([] if pgai else tasks.PGAI_PATHS))
+    assert not [path for path in removed if (tmp_path / path).exists()]
     assert broken_links(tmp_path, removed) == []
-
-
-def test_removable_passages_are_closed_and_never_nested() -> None:
-    for document in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        markers = MARKER.findall(document.read_text())
-        assert len(markers) % 2 == 0, f"{document.name}: {markers[-1]} is never closed"
-        for opening, closing in zip(markers[::2], markers[1::2], strict=True):
-            assert (opening[0], closing[0]) == ("", "/"), f"{document.name}: {opening}, {closing}"
-            assert opening[1] == closing[1], f"{document.name}: {opening[1]} closed by {closing[1]}"
 
 
 def test_the_checker_finds_what_is_broken(tmp_path: Path) -> None:
