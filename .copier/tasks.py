@@ -95,57 +95,71 @@ class Plan:
 def strip_marked(text: str, name: str, suffix: str = ".md") -> str:
     """Delete each passage of ``text`` marked ``name``, marker lines included.
 
-    Markers are whole lines: ``<!-- name -->`` and ``<!-- /name -->`` in Markdown (``suffix``
-    ``.md``), ``# <name>`` and ``# </name>`` in Python (``.py``). The blank lines around a passage
-    shrink to the longer of the two runs, or to none at the end of the text.
+    Markers are lines of their own: ``<!-- name -->`` and ``<!-- /name -->`` in Markdown (``suffix``
+    ``.md``), ``# <name>`` and ``# </name>`` in Python (``.py``), each optionally followed by a
+    space and a remark. The blank lines around a passage shrink to the longer of the two runs.
     """
-    opening, closing = (marker.format(name) for marker in MARKERS[suffix])
     lines = text.splitlines(keepends=True)
-    markers = [i for i, line in enumerate(lines) if line.rstrip("\r\n") in {opening, closing}]
-    kept: list[str] = []
-    position = 0
-    for index in range(0, len(markers), 2):
-        start, end = markers[index], markers[index + 1] if index + 1 < len(markers) else None
-        if lines[start].rstrip("\r\n") != opening:
-            raise TaskError(f"line {start + 1}: {closing} closes no {opening}")
-        if end is None or lines[end].rstrip("\r\n") != closing:
-            raise TaskError(f"line {start + 1}: {opening} has no closing {closing}")
-        kept += lines[position:start]
-        position = end + 1
-        while position < len(lines) and not lines[position].strip():
-            position += 1
-        if position == len(lines):
-            kept = kept[: len(kept) - blank_run(kept)]
-        else:
-            kept += ["\n"] * max(position - end - 1 - blank_run(kept), 0)
-    return "".join(kept + lines[position:])
+    for start, end in reversed(passages(lines, name, suffix)):
+        cut(lines, start, end)
+    return "".join(lines)
 
 
-def blank_run(lines: list[str]) -> int:
-    """How many blank lines end ``lines``."""
-    count = 0
-    while count < len(lines) and not lines[-1 - count].strip():
-        count += 1
-    return count
+def strip_markers(text: str, name: str, suffix: str = ".md") -> str:
+    """Delete the marker lines of each passage marked ``name``, keeping what they enclose."""
+    lines = text.splitlines(keepends=True)
+    for start, end in reversed(passages(lines, name, suffix)):
+        cut(lines, end, end)
+        cut(lines, start, start)
+    return "".join(lines)
+
+
+def passages(lines: list[str], name: str, suffix: str) -> list[tuple[int, int]]:
+    """The indexes of the opening and closing marker lines of each passage marked ``name``."""
+    opening, closing = (marker.format(name) for marker in MARKERS[suffix])
+    found: list[tuple[int, int]] = []
+    start: int | None = None
+    for index, line in enumerate(lines):
+        text = line.rstrip("\r\n")
+        if text == opening or text.startswith(f"{opening} "):
+            if start is not None:
+                raise TaskError(f"line {start + 1}: {opening} has no closing {closing}")
+            start = index
+        elif text == closing or text.startswith(f"{closing} "):
+            if start is None:
+                raise TaskError(f"line {index + 1}: {closing} closes no {opening}")
+            found.append((start, index))
+            start = None
+    if start is not None:
+        raise TaskError(f"line {start + 1}: {opening} has no closing {closing}")
+    return found
+
+
+def cut(lines: list[str], start: int, end: int) -> None:
+    """Delete ``lines[start:end + 1]``; the blank lines around shrink to the longer run, or to none
+    at the end of the text."""
+    before, after = start, end + 1
+    while before > 0 and not lines[before - 1].strip():
+        before -= 1
+    while after < len(lines) and not lines[after].strip():
+        after += 1
+    blanks = 0 if after == len(lines) else max(start - before, after - end - 1)
+    lines[before:after] = ["\n"] * blanks
 
 
 def without_example_models(text: str) -> str:
     """Delete the example from models.py: its marked passage, then the imports only it used.
 
-    Refuses when the passage declares anything else, so that models written into it survive.
+    Models the team wrote inside the passage stay: then only the marker lines go.
     """
-    opening, closing = (marker.format("example") for marker in MARKERS[".py"])
-    lines = text.splitlines()
-    if opening not in lines or closing not in lines:
-        return text
-    passage = "\n".join(lines[lines.index(opening) + 1 : lines.index(closing)])
-    others = sorted(defined_names(ast.parse(passage)) - EXAMPLE_DEFINITIONS)
-    if others:
-        raise TaskError(
-            f"the example's passage ({opening} to {closing}) also declares {', '.join(others)}; "
-            f"move them below {closing}, then run this again"
-        )
-    return without_unused_imports(strip_marked(text, "example", ".py"), EXAMPLE_IMPORTS)
+    lines = text.splitlines(keepends=True)
+    marked = passages(lines, "example", ".py")
+    passage = "".join(line for start, end in marked for line in lines[start + 1 : end])
+    if defined_names(ast.parse(passage)) <= EXAMPLE_DEFINITIONS:
+        text = strip_marked(text, "example", ".py")
+    else:
+        text = strip_markers(text, "example", ".py")
+    return without_unused_imports(text, EXAMPLE_IMPORTS)
 
 
 def defined_names(module: ast.Module) -> set[str]:

@@ -26,10 +26,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-# <example>
-# The template's example model. `python3 .copier/tasks.py --include-example=false` deletes the
-# lines from <example> to </example> with the rest of the example (README, "Your own schema").
-
+# <example> deleted down to </example> by `python3 .copier/tasks.py --include-example=false`
 EMBEDDING_DIM = 1536
 """Dimensions of ``Product.embedding``: the size of the embedding model's output."""
 
