@@ -1,26 +1,30 @@
 """What autogenerate must compare for pgvector and Alembic does not.
 
 Alembic compares an index by name, columns, expressions (every cast stripped) and uniqueness. It
-does not look at the access method, the ``WITH`` parameters or the operator classes, so moving an
-index from ``vector_l2_ops`` to ``vector_cosine_ops``, or changing ``m`` or ``lists``, goes
-unnoticed, and so does ``embedding::halfvec(768)`` becoming ``embedding::halfvec(384)``. Its type
+does not look at the access method, the ``WITH`` parameters, the operator classes or the
+partial-index predicate, so moving an index from ``vector_l2_ops`` to ``vector_cosine_ops``,
+changing ``m`` or ``lists``, ``postgresql_where="category = 1"`` becoming ``"category = 2"``, or
+``embedding::halfvec(768)`` becoming ``embedding::halfvec(384)`` all go unnoticed. Its type
 comparison also passes ``VECTOR`` against ``VECTOR(3)``, since only one side has an argument.
 
 This module is an Alembic plugin (``alembic.runtime.plugins``, Alembic 1.18+). Importing it
 registers the plugin; ``env.py`` enables it by name in ``autogenerate_plugins``. It adds:
 
 * a column comparator that compares pgvector types, and ``bit``, by their full DDL;
-* an index comparator that drops and recreates each index whose access method, ``WITH``
-  parameters, operator classes or pgvector casts differ from the model, that PostgreSQL marks
-  INVALID, or that depends on a column whose pgvector type changes. A table's index drops come
-  before its other changes and its index creations after them, so a type change never meets an
-  index built for the old type, and the downgrade undoes the same steps in reverse.
+* an index comparator that drops and recreates each index whose definition differs from the
+  model's, that PostgreSQL marks INVALID, or that depends on a column whose pgvector type changes.
+  To compare definitions, the server itself deparses both sides: the model's indexes are built on
+  an empty temporary copy of the table, inside a savepoint that is rolled back, and read from the
+  catalog as the existing ones are (access method, ``WITH``, operator classes, each indexed
+  column or expression, ``WHERE``). No text normalisation of our own can drift from PostgreSQL's.
+  A table's index drops come before its other changes and its index creations after them, so a
+  type change never meets an index built for the old type, and the downgrade undoes the same steps
+  in reverse.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +38,10 @@ from alembic.operations.ops import (
 )
 from alembic.runtime.plugins import Plugin
 from alembic.util import DispatchPriority, PriorityDispatchResult
-from sqlalchemy import Column, Index, Table, text
+from sqlalchemy import Column, Index, MetaData, Table, text
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.sql import visitors
-from sqlalchemy.sql.elements import Cast
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.types import NullType, TypeEngine
 
 from pgvector_base.migration.rendering import concurrent_builds
@@ -50,16 +54,13 @@ PLUGIN_NAME = "pgvector_base.pgvector"
 # The types pgvector indexes, as DDL spells them (`bit` includes `bit varying`).
 VECTOR_TYPES = ("vector", "halfvec", "sparsevec", "bit")
 
-# A cast to one of those types, as PostgreSQL deparses it (`::halfvec(3)`) or as SQLAlchemy
-# compiles it (`CAST(embedding AS HALFVEC(3))`).
-VECTOR_CAST = re.compile(
-    r"(?:::|\bAS\s+)\s*(vector|halfvec|sparsevec|bit(?:\s+varying)?)\b\s*(?:\(\s*(\d+)\s*\))?",
-    re.IGNORECASE,
-)
-# An operator class written at the end of a raw SQL index expression (`... halfvec_l2_ops`).
-TRAILING_OPERATOR_CLASS = re.compile(r"\s(\w+_ops)\s*$")
+# The empty copy of a table that the model's indexes are built on, for the server to deparse;
+# `pg_temp` names the session's own schema of temporary tables.
+TEMPORARY_SCHEMA = "pg_temp"
+SCRATCH_TABLE = "pgvector_base_scratch"
 
-# One row per index of a table, with what the comparison needs, straight from the catalog.
+# One row per index of a table (`:table`, a qualified name), with what the comparison needs,
+# straight from the catalog.
 INDEX_QUERY = text(
     """
     SELECT index_class.relname AS name,
@@ -73,10 +74,7 @@ INDEX_QUERY = text(
                  FROM unnest(ix.indclass::oid[]) WITH ORDINALITY AS key(oid, position)
                  JOIN pg_opclass AS opclass ON opclass.oid = key.oid
                  ORDER BY key.position) AS operator_classes,
-           array(SELECT opclass.opcdefault
-                 FROM unnest(ix.indclass::oid[]) WITH ORDINALITY AS key(oid, position)
-                 JOIN pg_opclass AS opclass ON opclass.oid = key.oid
-                 ORDER BY key.position) AS defaults,
+           pg_get_expr(ix.indpred, ix.indrelid, true) AS predicate,
            array(SELECT attribute.attname
                  FROM pg_depend AS dependency
                  JOIN pg_attribute AS attribute
@@ -90,42 +88,32 @@ INDEX_QUERY = text(
     FROM pg_index AS ix
     JOIN pg_class AS index_class ON index_class.oid = ix.indexrelid
     JOIN pg_am AS access_method ON access_method.oid = index_class.relam
-    WHERE ix.indrelid = (
-        SELECT table_class.oid
-        FROM pg_class AS table_class
-        JOIN pg_namespace AS namespace ON namespace.oid = table_class.relnamespace
-        WHERE table_class.relname = :table
-          AND namespace.nspname = coalesce(:schema, current_schema())
-    )
+    WHERE ix.indrelid = to_regclass(:table)
     """
 )
 
 
 @dataclass(frozen=True)
 class IndexShape:
-    """The parts of an index definition that Alembic does not compare.
+    """An index definition as PostgreSQL deparses it, in the parts Alembic does not compare.
 
-    ``operator_classes`` has one entry per key column or expression; in a model's index, ``None``
-    stands for the type's default operator class. ``casts`` holds the pgvector casts of each
-    element, sorted, such as ``("halfvec(3)",)`` for ``embedding::halfvec(3)``.
+    ``elements`` holds each indexed column or expression (``(embedding)::halfvec(3)``),
+    ``predicate`` the partial index's ``WHERE`` (``category = 1``), or ``None``.
     """
 
     method: str
     options: dict[str, str]
-    operator_classes: tuple[str | None, ...]
-    casts: tuple[tuple[str, ...], ...]
+    operator_classes: tuple[str, ...]
+    elements: tuple[str, ...]
+    predicate: str | None
 
 
 @dataclass(frozen=True)
 class ExistingIndex:
-    """An index as the database has it.
-
-    Besides its shape: which of its operator classes are their type's default, whether queries
-    can use it (not INVALID), and the table columns it depends on.
-    """
+    """An index as the database has it: its shape, whether queries can use it (not INVALID),
+    and the table columns it depends on."""
 
     shape: IndexShape
-    defaults: tuple[bool, ...]
     valid: bool
     columns: frozenset[str]
 
@@ -194,7 +182,7 @@ def changed_indexes(
     connection = autogen_context.connection
     assert dialect is not None
     assert connection is not None
-    existing = existing_indexes(connection, conn_table.schema, conn_table.name)
+    existing = existing_indexes(connection, qualified_name(conn_table, dialect))
     reflected = reflected_indexes(conn_table)
     handled = {
         op.index_name for op in modify_ops.ops if isinstance(op, CreateIndexOp | DropIndexOp)
@@ -206,13 +194,19 @@ def changed_indexes(
         and op.modify_type is not None
         and (is_vector_type(op.modify_type, dialect) or is_vector_type(op.existing_type, dialect))
     }
+    compared = [
+        index
+        for index in metadata_table.indexes
+        if str(index.name) not in handled and str(index.name) in existing.keys() & reflected.keys()
+    ]
+    if not compared:
+        return []
+    declared = declared_indexes(connection, conn_table, metadata_table, dialect)
     changes: list[MigrateOperation] = []
-    for index in metadata_table.indexes:
+    for index in compared:
         name = str(index.name)
-        if name in handled or name not in existing or name not in reflected:
-            continue
         found = existing[name]
-        reasons = differences(declared_shape(index, dialect), found)
+        reasons = differences(declared[name], found)
         if found.columns & retyped:
             reasons.append(f"{', '.join(sorted(found.columns & retyped))} changes type")
         if reasons and autogen_context.run_object_filters(
@@ -247,24 +241,60 @@ def type_spec(type_: TypeEngine[Any] | None, dialect: Dialect) -> str | None:
     return type_.compile(dialect=dialect).lower().replace(" ", "")
 
 
-def existing_indexes(
-    connection: Connection, schema: str | None, table: str
-) -> dict[str, ExistingIndex]:
-    """The indexes of ``schema.table`` as the catalog describes them, by name."""
+def existing_indexes(connection: Connection, table: str) -> dict[str, ExistingIndex]:
+    """The indexes of ``table`` (a qualified, quoted name) as the catalog describes them."""
     indexes = {}
-    for row in connection.execute(INDEX_QUERY, {"schema": schema, "table": table}).mappings():
+    for row in connection.execute(INDEX_QUERY, {"table": table}).mappings():
         indexes[row["name"]] = ExistingIndex(
             shape=IndexShape(
                 method=row["method"],
                 options=dict(option.split("=", 1) for option in row["options"]),
                 operator_classes=tuple(row["operator_classes"]),
-                casts=tuple(vector_casts(element) for element in row["elements"]),
+                elements=tuple(row["elements"]),
+                predicate=row["predicate"],
             ),
-            defaults=tuple(row["defaults"]),
             valid=row["valid"],
             columns=frozenset(row["columns"]),
         )
     return indexes
+
+
+def declared_indexes(
+    connection: Connection, conn_table: Table, metadata_table: Table, dialect: Dialect
+) -> dict[str, IndexShape | str]:
+    """The shape of each index of ``metadata_table``, as the server builds it on ``conn_table``.
+
+    The indexes are built on an empty temporary table with ``conn_table``'s columns, in a
+    savepoint that is rolled back: nothing is left behind. An index the server refuses to build
+    there (it needs a column this migration adds) maps to the server's reason instead.
+    """
+    scratch = metadata_table.to_metadata(
+        MetaData(naming_convention=metadata_table.metadata.naming_convention),
+        schema=TEMPORARY_SCHEMA,
+        name=SCRATCH_TABLE,
+    )
+    refused: dict[str, IndexShape | str] = {}
+    savepoint = connection.begin_nested()
+    try:
+        connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {SCRATCH_TABLE} (LIKE {qualified_name(conn_table, dialect)})"
+        )
+        for index in scratch.indexes:
+            index.dialect_options["postgresql"]["concurrently"] = False
+            try:
+                with connection.begin_nested():
+                    connection.execute(CreateIndex(index))
+            except DBAPIError as error:
+                refused[str(index.name)] = str(error.orig).splitlines()[0]
+        built = existing_indexes(connection, f"{TEMPORARY_SCHEMA}.{SCRATCH_TABLE}")
+    finally:
+        savepoint.rollback()
+    return {name: found.shape for name, found in built.items()} | refused
+
+
+def qualified_name(table: Table, dialect: Dialect) -> str:
+    """``table``'s name, schema-qualified and quoted as SQL needs it."""
+    return str(dialect.identifier_preparer.format_table(table))
 
 
 def reflected_indexes(conn_table: Table) -> dict[str, Index]:
@@ -285,91 +315,28 @@ def reflected_indexes(conn_table: Table) -> dict[str, Index]:
     return {str(index.name): index for index in conn_table.indexes}
 
 
-def declared_shape(index: Index, dialect: Dialect) -> IndexShape:
-    """The shape ``index`` has in the model, from its ``postgresql_*`` options."""
-    options = index.dialect_options["postgresql"]
-    declared_classes = options["ops"] or {}
-    expressions = list(index.expressions)
-    elements = [compile_element(expression, dialect) for expression in expressions]
-    return IndexShape(
-        method=(options["using"] or "btree").lower(),
-        options={str(key): str(value).lower() for key, value in (options["with"] or {}).items()},
-        operator_classes=tuple(
-            declared_classes.get(getattr(expression, "key", None))
-            or trailing_operator_class(element)
-            for expression, element in zip(expressions, elements, strict=True)
-        ),
-        casts=tuple(
-            declared_casts(expression, element, dialect)
-            for expression, element in zip(expressions, elements, strict=True)
-        ),
-    )
-
-
-def differences(declared: IndexShape, found: ExistingIndex) -> list[str]:
+def differences(declared: IndexShape | str, found: ExistingIndex) -> list[str]:
     """Why the index in the database is not the ``declared`` one, a phrase per difference."""
+    if isinstance(declared, str):
+        return [f"the model's definition cannot be built on the table as it is ({declared})"]
     existing = found.shape
-    reasons = []
-    if declared.method != existing.method:
-        reasons.append(f"access method {existing.method} -> {declared.method}")
-    if declared.options != {key: value.lower() for key, value in existing.options.items()}:
-        reasons.append(f"WITH {existing.options} -> {declared.options}")
-    if not operator_classes_match(declared.operator_classes, found):
-        reasons.append(
-            f"operator classes {list(existing.operator_classes)} -> "
-            f"{[name or 'default' for name in declared.operator_classes]}"
-        )
-    if declared.casts != existing.casts:
-        reasons.append(f"casts {list(existing.casts)} -> {list(declared.casts)}")
+    reasons = [
+        f"{label} {getattr(existing, part)!r} -> {getattr(declared, part)!r}"
+        for part, label in DEFINITION_PARTS
+        if getattr(existing, part) != getattr(declared, part)
+    ]
     if not found.valid:
         reasons.append("INVALID (a concurrent build or reindex did not finish)")
     return reasons
 
 
-def operator_classes_match(declared: tuple[str | None, ...], found: ExistingIndex) -> bool:
-    """Whether each declared operator class is the one in use; ``None`` matches a default."""
-    used = found.shape.operator_classes
-    return len(declared) == len(used) and all(
-        is_default if name is None else name == in_use
-        for name, in_use, is_default in zip(declared, used, found.defaults, strict=True)
-    )
-
-
-def compile_element(expression: Any, dialect: Dialect) -> str:
-    """An index element as ``dialect`` writes it in ``CREATE INDEX``."""
-    compile_kwargs = {"literal_binds": True, "include_table": False}
-    return str(expression.compile(dialect=dialect, compile_kwargs=compile_kwargs))
-
-
-def vector_casts(element: str) -> tuple[str, ...]:
-    """The pgvector casts written in an index element, sorted: ``("halfvec(3)",)``."""
-    return tuple(
-        sorted(
-            f"{name.lower().replace(' ', '')}({dimensions})" if dimensions else name.lower()
-            for name, dimensions in VECTOR_CAST.findall(element)
-        )
-    )
-
-
-def declared_casts(expression: Any, element: str, dialect: Dialect) -> tuple[str, ...]:
-    """The pgvector casts of a model's index element that PostgreSQL keeps, sorted.
-
-    PostgreSQL drops a cast to the very type its operand has (``embedding::halfvec(3)`` on a
-    ``halfvec(3)`` column), so the database's definition never shows one.
-    """
-    casts = list(vector_casts(element))
-    for node in visitors.iterate(expression):
-        if isinstance(node, Cast):
-            target = type_spec(node.type, dialect)
-            if target in casts and target == type_spec(node.clause.type, dialect):
-                casts.remove(target)
-    return tuple(casts)
-
-
-def trailing_operator_class(element: str) -> str | None:
-    """An operator class written at the end of a raw SQL index expression, if there is one."""
-    match = TRAILING_OPERATOR_CLASS.search(element)
-    return match.group(1) if match else None
+DEFINITION_PARTS = (
+    ("method", "access method"),
+    ("options", "WITH"),
+    ("operator_classes", "operator classes"),
+    ("elements", "indexed columns and expressions"),
+    ("predicate", "WHERE"),
+)
 
 
 def setup(plugin: Plugin) -> None:
