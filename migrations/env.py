@@ -2,8 +2,10 @@
 
 Alembic's own template, plus what pgvector needs: the database URL from ``pgvector_base.database``,
 one migration run at a time, the ``vector`` extension before the first migration, pgvector types in
-reflection and in generated files, pgai-managed tables left alone, and expected failures reported
-as one ``FAILED:`` line. Each of those lives in a small module under ``pgvector_base.migration``.
+reflection and in generated files, the models' schemas compared and created, tables of other tools
+and of pgai left alone, stored vectors never dropped unasked, enum values migrated, and expected
+failures reported as one ``FAILED:`` line. Each of those lives in a small module under
+``pgvector_base.migration``.
 """
 
 from logging.config import fileConfig
@@ -16,11 +18,16 @@ from sqlalchemy.engine import URL, Connection
 from app.models import Base
 from pgvector_base.database import resolve_url
 from pgvector_base.migration import (
+    builds,
     comparison,
+    enums,
     errors,
+    exclusion,
     locking,
     pgai,
     rendering,
+    schemas,
+    stored_vectors,
     timeouts,
     validation,
 )
@@ -35,6 +42,7 @@ target_metadata = config.attributes.get("target_metadata") or Base.metadata
 
 # op.create_vectorizer and op.drop_vectorizer, when the optional pgai group is installed.
 pgai.register_operations()
+enums.configure()
 
 
 def configure(**kwargs: Any) -> None:
@@ -42,12 +50,16 @@ def configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
         compare_type=True,
-        # Alembic's comparators plus ours: index methods, WITH, operator classes, vector dimensions;
-        # and, before any comparison, a check of the models' vector indexes against pgvector.
+        # Alembic's comparators plus ours: index definitions and vector dimensions; before any
+        # comparison, a check of the models' vector indexes against pgvector; after it, CREATE
+        # SCHEMA where needed, and no stored vector dropped unasked. (Enum types compare through
+        # alembic-postgresql-enum, which needs no entry here: see enums.py.)
         autogenerate_plugins=[
             "alembic.autogenerate.*",
             comparison.PLUGIN_NAME,
             validation.PLUGIN_NAME,
+            schemas.PLUGIN_NAME,
+            stored_vectors.PLUGIN_NAME,
         ],
         render_item=rendering.render_item,
         **kwargs,
@@ -70,7 +82,7 @@ def run_migrations_offline() -> None:
     """
     configure(dialect_name="postgresql", literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
-        for statement in timeouts.statements():
+        for statement in timeouts.statements() + builds.statements():
             context.execute(statement)
         context.execute(locking.CREATE_EXTENSION_SQL)
         context.run_migrations()
@@ -79,15 +91,21 @@ def run_migrations_offline() -> None:
 def run_migrations_on(connection: Connection) -> None:
     """Run the migrations on ``connection`` while holding the migration lock."""
     rendering.register_vector_types(connection.dialect)
-    exclusion = pgai.Exclusion(target_metadata, connection)
+    excluded = exclusion.Exclusion(
+        target_metadata,
+        connection,
+        exclusion.parse_patterns(config.get_main_option(exclusion.EXCLUDE_TABLES_OPTION)),
+    )
     with locking.migration_lock(connection):
         configure(
             connection=connection,
-            include_name=exclusion.include_name,
-            include_object=exclusion.include_object,
+            include_schemas=True,
+            include_name=excluded.include_name,
+            include_object=excluded.include_object,
         )
         with context.begin_transaction():
             timeouts.apply(connection)
+            builds.apply(connection)
             installed = locking.create_vector_extension(connection)
             validation.check_pgvector_version(installed, target_metadata)
             context.run_migrations()

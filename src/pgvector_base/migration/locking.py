@@ -38,6 +38,14 @@ HOLDER_SQL = text(
 )
 CREATE_EXTENSION_SQL = "CREATE EXTENSION IF NOT EXISTS vector"
 VECTOR_VERSION_SQL = text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+# Where the extension's types are, unless `vector` resolves through the search_path; the names
+# quoted as the fix's SQL needs them.
+HIDDEN_VECTOR_SQL = text(
+    "SELECT extnamespace::regnamespace::text, current_setting('search_path'), "
+    "quote_ident(current_user), quote_ident(current_database()) "
+    "FROM pg_extension WHERE extname = 'vector' "
+    "AND to_regtype('vector') IS NULL"
+)
 
 
 @contextmanager
@@ -119,9 +127,20 @@ def create_vector_extension(connection: Connection) -> str:
 
     Call it while holding the migration lock. Checking the catalog first means a role without the
     privilege to create extensions can still migrate a database where an administrator created it.
+    Managed services often install extensions in a schema of their own: if that schema is not on
+    the ``search_path``, no migration could name the ``vector`` type, so this stops first.
     """
     version = connection.scalar(VECTOR_VERSION_SQL)
     if version is None:
         connection.exec_driver_sql(CREATE_EXTENSION_SQL)
         version = connection.scalar(VECTOR_VERSION_SQL)
+    hidden = connection.execute(HIDDEN_VECTOR_SQL).first()
+    if hidden is not None:
+        schema, search_path, user, database = hidden
+        raise CommandError(
+            f"the vector extension is installed in schema {schema}, which is not on the "
+            f"search_path ({search_path}) of user {user} in database {database}; add it: "
+            f'ALTER ROLE {user} SET search_path = "$user", public, {schema} '
+            f"(or ALTER DATABASE {database} SET search_path = ...), then run again"
+        )
     return str(version)

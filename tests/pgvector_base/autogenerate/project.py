@@ -8,6 +8,8 @@ test can autogenerate, upgrade, check and downgrade without a subprocess per com
 from __future__ import annotations
 
 import io
+import shutil
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,17 @@ class Project:
 
     ``env.py`` connects through ``engine`` and compares against the models in
     ``config.attributes``, the two hand-overs it accepts from programs (pytest-alembic's
-    convention). The post-write hooks (ruff) are off unless ``hooks`` is true: one test runs
-    them, the rest need not pay for them.
+    convention). The post-write hooks (ruff) are off unless ``hooks`` is true: a few tests run
+    them, the rest need not pay for them. With hooks, ``versions`` must be a
+    ``.../migrations/versions`` folder: the project's ``pyproject.toml`` is copied two levels up,
+    so ruff applies the settings a project's ``migrations/versions`` gets.
     """
 
     def __init__(self, engine: Engine, versions: Path, *, hooks: bool = False) -> None:
         versions.mkdir(parents=True, exist_ok=True)
+        if hooks:
+            assert versions.parts[-2:] == ("migrations", "versions")
+            shutil.copy(REPOSITORY_ROOT / "pyproject.toml", versions.parents[1])
         self.engine = engine
         self.versions = versions
         self.output = io.StringIO()
@@ -39,18 +46,49 @@ class Project:
         if not hooks:
             self.config.set_section_option("post_write_hooks", "hooks", "")
 
-    def revise(self, metadata: MetaData, message: str = "change") -> str:
-        """Autogenerate a revision for ``metadata``; return the generated file's text."""
+    def revise(self, metadata: MetaData, message: str = "change", **x: str) -> str:
+        """Autogenerate a revision for ``metadata`` (``x``: the ``-x`` arguments); its text."""
         self.config.attributes["target_metadata"] = metadata
+        self.config.cmd_opts = Namespace(x=[f"{key}={value}" for key, value in x.items()])
         script = command.revision(self.config, message=message, autogenerate=True)
         assert script is not None
         assert not isinstance(script, list)
         return Path(script.path).read_text()
 
+    def blank(self, message: str) -> Path:
+        """``alembic revision -m message``: a revision to fill in by hand; its path."""
+        script = command.revision(self.config, message=message)
+        assert script is not None
+        assert not isinstance(script, list)
+        return Path(script.path)
+
     def check(self, metadata: MetaData) -> None:
         """``alembic check`` against ``metadata``: raises if autogenerate would write anything."""
         self.config.attributes["target_metadata"] = metadata
+        self.config.cmd_opts = None
         command.check(self.config)
+
+    def settled(self, metadata: MetaData) -> None:
+        """Assert that the database matches ``metadata``, both ways a user would ask.
+
+        ``alembic check`` finds nothing, and a new autogenerate writes an empty revision, which
+        is then removed.
+        """
+        self.check(metadata)
+        before = set(self.versions.glob("*.py"))
+        generated = self.revise(metadata, message="nothing")
+        (path,) = set(self.versions.glob("*.py")) - before
+        path.unlink()
+        body = generated.split("def upgrade()", 1)[1]
+        code = [line.strip() for line in body.splitlines()]
+        assert [line for line in code if line and not line.startswith("#")] == [
+            "-> None:",
+            '"""Upgrade schema."""',
+            "pass",
+            "def downgrade() -> None:",
+            '"""Downgrade schema."""',
+            "pass",
+        ], generated
 
     def upgrade(self, revision: str = "head") -> None:
         """``alembic upgrade``."""
@@ -98,9 +136,38 @@ class Project:
         ((method, operator_classes, options, definition),) = found
         return method, operator_classes, dict(item.split("=") for item in options), definition
 
+    def tables(self) -> list[str]:
+        """``schema.table`` of every table outside the system schemas, sorted."""
+        return [
+            f"{schema}.{table}"
+            for schema, table in self.fetch(
+                "SELECT schemaname, tablename FROM pg_tables "
+                "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+            )
+        ]
+
     def drop_all_tables(self) -> None:
-        """Empty the database's current schema, so the next test starts from nothing."""
+        """Drop every schema but the current one, and every table and type in it.
+
+        The next test starts from nothing, whatever schemas, tables, views, sequences or enum
+        types this one created. The ``vector`` extension stays where it is.
+        """
+        for (schema,) in self.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname <> current_schema() "
+            "AND nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' "
+            "AND oid NOT IN (SELECT extnamespace FROM pg_extension)"
+        ):
+            self.execute(f'DROP SCHEMA "{schema}" CASCADE')
         for (table,) in self.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
         ):
             self.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+        for (sequence,) in self.fetch(
+            "SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema()"
+        ):
+            self.execute(f'DROP SEQUENCE IF EXISTS "{sequence}" CASCADE')
+        for (enum,) in self.fetch(
+            "SELECT typname FROM pg_type WHERE typtype = 'e' "
+            "AND typnamespace = current_schema()::regnamespace"
+        ):
+            self.execute(f'DROP TYPE "{enum}" CASCADE')

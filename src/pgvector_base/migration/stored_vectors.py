@@ -1,0 +1,188 @@
+"""Autogenerate never writes a migration that loses stored vectors, or that rows would stop.
+
+Embeddings cost money and hours to recompute, and Alembic sees no renames: renaming ``embedding``
+to ``vec`` in a model comes out as an ``add_column`` and a ``drop_column`` that deletes every
+stored vector. After the comparison, this plugin goes through the upgrade:
+
+* a vector column dropped from a table and one of the same type and dimensions added to it, one
+  of each, is a rename: it becomes ``op.alter_column(..., new_column_name=...)``, which keeps the
+  vectors (and the downgrade renames it back);
+* any other drop of a vector column (``vector``, ``halfvec``, ``sparsevec``, ``bit``), or of a
+  table that has one, stops autogenerate with one ``FAILED:`` line, unless the run names it:
+  ``-x allow_drop=passage.embedding`` (a column), ``-x allow_drop=passage`` (a table),
+  ``rag.passage...`` for a schema other than the default, several separated by commas. Naming a
+  column that would be renamed writes the drop and the add instead (new embeddings of the same
+  size, from another model);
+* a ``NOT NULL`` vector column without a server default, added to an existing table, stops
+  autogenerate too: the ``ALTER TABLE`` would fail as soon as the table has rows. Add it nullable,
+  fill it, then declare it ``NOT NULL``.
+
+This module is an Alembic plugin (``alembic.runtime.plugins``): importing it registers the plugin,
+and ``env.py`` enables it by name in ``autogenerate_plugins``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate.api import AutogenContext
+from alembic.operations import ops
+from alembic.runtime.plugins import Plugin
+from alembic.util import CommandError, DispatchPriority, PriorityDispatchResult
+from sqlalchemy import Column
+from sqlalchemy.engine import Dialect
+
+from pgvector_base.migration.comparison import is_vector_type, type_spec
+
+PLUGIN_NAME = "pgvector_base.stored_vectors"
+"""The name ``env.py`` lists in ``autogenerate_plugins``."""
+
+ALLOW_DROP = "allow_drop"
+"""The ``-x`` argument that names the vector columns and tables a run may drop."""
+
+
+class RenameColumnOp(ops.AlterColumnOp):
+    """``op.alter_column(table, old, new_column_name=new)``, reversed into the opposite rename.
+
+    Alembic's own ``AlterColumnOp`` does not reverse ``new_column_name``.
+    """
+
+    def reverse(self) -> RenameColumnOp:
+        """Its downgrade: the column renamed back."""
+        assert self.modify_name is not None
+        reverse = super().reverse()
+        return RenameColumnOp(
+            self.table_name,
+            self.modify_name,
+            schema=self.schema,
+            existing_type=reverse.existing_type,
+            existing_nullable=reverse.existing_nullable,
+            existing_server_default=reverse.existing_server_default,
+            modify_nullable=reverse.modify_nullable,
+            modify_name=self.column_name,
+        )
+
+    def to_diff_tuple(self) -> Any:
+        """How ``alembic check`` reports it."""
+        return ("rename_column", self.schema, self.table_name, self.column_name, self.modify_name)
+
+
+def keep_stored_vectors(
+    autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps
+) -> PriorityDispatchResult:
+    """Turn vector drop-and-add pairs into renames; refuse other vector drops unless allowed."""
+    dialect = autogen_context.dialect
+    assert dialect is not None
+    allowed = allowed_drops(autogen_context)
+    problems: list[str] = []
+    for op in upgrade_ops.ops:
+        if isinstance(op, ops.DropTableOp):
+            problems += table_drop_problems(op, dialect, allowed)
+        elif isinstance(op, ops.ModifyTableOps):
+            rename_pairs(op, dialect, allowed)
+            problems += column_problems(op, dialect, allowed)
+    if problems:
+        raise CommandError("; ".join(problems))
+    return PriorityDispatchResult.CONTINUE
+
+
+def allowed_drops(autogen_context: AutogenContext) -> set[str]:
+    """The names given with ``-x allow_drop=...``."""
+    environment = autogen_context.migration_context.environment_context
+    arguments = environment.get_x_argument(as_dictionary=True) if environment else {}
+    return {name.strip() for name in arguments.get(ALLOW_DROP, "").split(",") if name.strip()}
+
+
+def qualified(schema: str | None, *names: str) -> str:
+    """``table.column``, or ``schema.table.column`` outside the default schema."""
+    return ".".join(name for name in (schema, *names) if name)
+
+
+def table_drop_problems(op: ops.DropTableOp, dialect: Dialect, allowed: set[str]) -> list[str]:
+    """Why dropping ``op``'s table would lose vectors, unless the run allows it."""
+    name = qualified(op.schema, op.table_name)
+    vectors = [
+        f"{column.name} ({type_spec(column.type, dialect)})"
+        for column in op.to_table().columns
+        if is_vector_type(column.type, dialect)
+    ]
+    if not vectors or name in allowed:
+        return []
+    return [
+        f"autogenerate would drop table {name} and the vectors stored in "
+        f"{', '.join(vectors)}; to drop it, run again with -x {ALLOW_DROP}={name}; if another "
+        "tool owns the table, add it to exclude_tables in alembic.ini instead"
+    ]
+
+
+def rename_pairs(modify: ops.ModifyTableOps, dialect: Dialect, allowed: set[str]) -> None:
+    """Replace each vector column drop and add of one type, one of each, with a rename."""
+    drops = [
+        op
+        for op in modify.ops
+        if isinstance(op, ops.DropColumnOp)
+        and is_vector_type(op.to_column().type, dialect)
+        and qualified(modify.schema, modify.table_name, op.column_name) not in allowed
+    ]
+    adds = [
+        op
+        for op in modify.ops
+        if isinstance(op, ops.AddColumnOp) and is_vector_type(op.column.type, dialect)
+    ]
+    for spec in {type_spec(drop.to_column().type, dialect) for drop in drops}:
+        same_drops = [drop for drop in drops if type_spec(drop.to_column().type, dialect) == spec]
+        same_adds = [add for add in adds if type_spec(add.column.type, dialect) == spec]
+        if len(same_drops) != 1 or len(same_adds) != 1:
+            continue
+        old, new = same_drops[0].to_column(), same_adds[0].column
+        modify.ops[modify.ops.index(same_drops[0])] = RenameColumnOp(
+            modify.table_name,
+            old.name,
+            schema=modify.schema,
+            existing_type=old.type,
+            existing_nullable=old.nullable,
+            modify_nullable=new.nullable if new.nullable != old.nullable else None,
+            modify_name=new.name,
+        )
+        modify.ops.remove(same_adds[0])
+
+
+def column_problems(modify: ops.ModifyTableOps, dialect: Dialect, allowed: set[str]) -> list[str]:
+    """Vector columns ``modify`` would drop without leave, or add ``NOT NULL`` to a table."""
+    problems = []
+    for op in modify.ops:
+        if isinstance(op, ops.DropColumnOp):
+            column: Column[Any] = op.to_column()
+            name = qualified(modify.schema, modify.table_name, op.column_name)
+            if is_vector_type(column.type, dialect) and name not in allowed:
+                problems.append(
+                    f"autogenerate would drop column {name} ({type_spec(column.type, dialect)}) "
+                    "and every vector stored in it; to rename it, rename the column in the model "
+                    "and change nothing else about it in the same revision; to drop it, run "
+                    f"again with -x {ALLOW_DROP}={name}"
+                )
+        elif isinstance(op, ops.AddColumnOp):
+            column = op.column
+            name = qualified(modify.schema, modify.table_name, column.name)
+            if (
+                is_vector_type(column.type, dialect)
+                and not column.nullable
+                and column.server_default is None
+            ):
+                problems.append(
+                    f"autogenerate would add column {name} ({type_spec(column.type, dialect)}) "
+                    "as NOT NULL without a default, which fails on a table that has rows; "
+                    "declare it nullable, migrate and fill it, then declare it NOT NULL and "
+                    "autogenerate again"
+                )
+    return problems
+
+
+def setup(plugin: Plugin) -> None:
+    """Register :func:`keep_stored_vectors`; Alembic's plugin entry point."""
+    plugin.add_autogenerate_comparator(
+        keep_stored_vectors, "autogenerate", priority=DispatchPriority.LAST
+    )
+
+
+setup(Plugin(PLUGIN_NAME))
