@@ -1,0 +1,31 @@
+"""Fixtures of the generation tests: the template as Copier reads it, and the test server.
+
+Copier copies a git template from a commit, so the template is a temporary repository made from
+the working tree (tracked files and the untracked ones git does not ignore): uncommitted changes
+are tested too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.conftest import REPOSITORY_ROOT
+from tests.template.projects import commit_all, copy_files, working_tree_files
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding this working tree in one commit: what ``copier copy`` reads."""
+    repository = tmp_path_factory.mktemp("template")
+    copy_files(working_tree_files(), REPOSITORY_ROOT, repository)
+    commit_all(repository, "The template's working tree")
+    return repository
+
+
+@pytest.fixture
+def server_settings(server_url: URL) -> dict[str, str]:
+    """``TEST_DATABASE_URL`` for a generated project's tests: this run's test server."""
+    return {"TEST_DATABASE_URL": server_url.render_as_string(hide_password=False)}

@@ -1,0 +1,101 @@
+"""Helpers of the generation tests: templates as git repositories, Copier, and commands run in
+a generated project.
+
+A generated project's commands run with this checkout's virtualenv (``sys.executable``) and the
+project's own ``src`` first on ``PYTHONPATH``, on databases of the test server: no test starts an
+embedded server of its own, and only the full README command installs a project of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from tests.conftest import REPOSITORY_ROOT
+
+# Commits made by the tests, and by Copier during an update, need an author even where git has
+# no identity configured (CI runners).
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Template tests",
+    "GIT_AUTHOR_EMAIL": "template-tests@example.invalid",
+    "GIT_COMMITTER_NAME": "Template tests",
+    "GIT_COMMITTER_EMAIL": "template-tests@example.invalid",
+}
+# Settings of this test run that must not leak into a generated project's commands.
+OWN_SETTINGS = ("VIRTUAL_ENV", "PYTHONPATH", "DATABASE_URL", "TEST_DATABASE_URL", "PYTEST_ADDOPTS")
+
+
+def clean_environment(**settings: str) -> dict[str, str]:
+    """This process's environment minus its virtualenv and database settings, plus ``settings``."""
+    environment = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS}
+    own_bin = str(Path(sys.executable).parent)
+    environment["PATH"] = os.pathsep.join(
+        entry for entry in environment.get("PATH", "").split(os.pathsep) if entry != own_bin
+    )
+    return {**environment, **GIT_IDENTITY, **settings}
+
+
+def run(
+    command: Sequence[str | Path], cwd: Path, timeout: float = 300, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in ``cwd`` in a clean environment plus ``settings``; fail with its output."""
+    result = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=clean_environment(**settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} failed in {cwd}:\n{result.stdout}\n{result.stderr}"
+    )
+    return result
+
+
+def working_tree_files(root: Path = REPOSITORY_ROOT) -> list[str]:
+    """The files of the working tree that git tracks or would track (not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted({name for name in listed.split("\0") if name and (root / name).is_file()})
+
+
+def copy_files(names: Sequence[str], source: Path, destination: Path) -> None:
+    """Copy the files ``names`` from ``source`` to ``destination``, keeping their modes."""
+    for name in names:
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, destination / name)
+
+
+def commit_all(repository: Path, message: str) -> str:
+    """Commit every file of ``repository`` (``git init`` first if needed); return the commit."""
+    if not (repository / ".git").exists():
+        run(["git", "init", "-q", "-b", "main"], repository)
+    run(["git", "add", "-A"], repository)
+    run(["git", "commit", "-q", "--no-verify", "-m", message], repository)
+    return run(["git", "rev-parse", "HEAD"], repository).stdout.strip()
+
+
+def copier(*arguments: str | Path, cwd: Path, **answers: str) -> None:
+    """Run ``copier ARGUMENTS --trust --defaults`` in ``cwd``, with ``answers`` to its questions."""
+    data = [f"--data={name}={value}" for name, value in answers.items()]
+    run([sys.executable, "-m", "copier", *arguments, "--trust", "--defaults", *data], cwd)
+
+
+def project_settings(project: Path, database: URL | None = None, **settings: str) -> dict[str, str]:
+    """Settings that run ``project``'s code with this virtualenv, on ``database`` if given."""
+    if database is not None:
+        settings["DATABASE_URL"] = database.render_as_string(hide_password=False)
+    return {"PYTHONPATH": str(project / "src"), **settings}
