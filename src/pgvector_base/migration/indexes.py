@@ -36,7 +36,7 @@ from typing import Any
 from alembic import op
 from sqlalchemy import ColumnElement, TextClause, text
 
-from pgvector_base.migration import timeouts
+from pgvector_base.migration import builds, timeouts
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # it can reach the SET statement.
 MEMORY_SIZE = re.compile(r"\d+\s*(?:B|kB|MB|GB|TB)?")
 
+CURRENT_SETTING = text("SELECT current_setting(:name)")
+SET_SESSION = text("SELECT set_config(:name, :value, false)")
 INDEX_VALIDITY = text(
     """
     SELECT ix.indisvalid
@@ -113,10 +115,11 @@ def drop_if_exists(index_name: str, table_name: str, schema: str | None) -> None
 def build_settings(
     maintenance_work_mem: str | None, max_parallel_maintenance_workers: int | None
 ) -> Iterator[None]:
-    """Set the given index build settings on the migration's session, and reset them after.
+    """Set the given index build settings on the migration's session, and restore them after.
 
-    A plain ``SET`` (not ``SET LOCAL``) because the build runs outside any transaction; the
-    ``RESET`` runs even when the build fails, so later migrations get the session's defaults.
+    A plain ``SET`` (not ``SET LOCAL``) because the build runs outside any transaction. The
+    previous values (those :mod:`~pgvector_base.migration.builds` sized for the session) come
+    back even when the build fails; ``--sql`` cannot read them, and sets the overrides again.
     """
     settings: dict[str, str] = {}
     if maintenance_work_mem is not None:
@@ -127,10 +130,22 @@ def build_settings(
         settings["maintenance_work_mem"] = f"'{maintenance_work_mem}'"
     if max_parallel_maintenance_workers is not None:
         settings["max_parallel_maintenance_workers"] = str(int(max_parallel_maintenance_workers))
+    context = op.get_context()
+    previous = (
+        {}
+        if context.as_sql
+        else {name: op.get_bind().scalar(CURRENT_SETTING, {"name": name}) for name in settings}
+    )
     for name, value in settings.items():
         op.execute(f"SET {name} = {value}")
     try:
         yield
     finally:
         for name in settings:
-            op.execute(f"RESET {name}")
+            if context.as_sql:
+                op.execute(f"RESET {name}")
+            else:
+                op.get_bind().execute(SET_SESSION, {"name": name, "value": previous[name]})
+        if context.as_sql and settings:
+            for statement in builds.statements():
+                op.execute(statement)
