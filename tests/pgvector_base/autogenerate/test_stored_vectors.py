@@ -1,0 +1,130 @@
+"""No migration that loses stored vectors, or that a table's rows would stop, unless asked for.
+
+Each case runs on a table that holds rows, as production's would.
+"""
+
+from __future__ import annotations
+
+import pytest
+from alembic.util import CommandError
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from sqlalchemy import BigInteger, Column, MetaData, Table
+
+from .project import Project
+
+
+def passage(*vectors: Column[object], table: bool = True) -> MetaData:
+    """Table ``passage`` with ``vectors`` (or no table at all)."""
+    metadata = MetaData()
+    if table:
+        Table("passage", metadata, Column("id", BigInteger, primary_key=True), *vectors)
+    return metadata
+
+
+def embedding(
+    name: str = "embedding", type_: object = None, nullable: bool = True
+) -> Column[object]:
+    """A vector column, ``VECTOR(3)`` unless said otherwise."""
+    return Column(name, type_ or VECTOR(3), nullable=nullable)
+
+
+@pytest.fixture
+def stored(project: Project) -> Project:
+    """``passage.embedding`` created by a migration and holding two vectors."""
+    project.revise(passage(embedding()))
+    project.upgrade()
+    project.execute("INSERT INTO passage VALUES (1, '[1,2,3]'), (2, '[4,5,6]')")
+    return project
+
+
+def vectors(project: Project, column: str) -> list[tuple[object, ...]]:
+    """The rows of ``passage`` with ``column`` as text."""
+    return project.fetch(f"SELECT id, {column}::text FROM passage ORDER BY id")
+
+
+def test_a_renamed_vector_column_is_renamed_with_its_vectors(stored: Project) -> None:
+    generated = " ".join(stored.revise(passage(embedding("vec"))).split())
+    rename = "op.alter_column('passage', '{}', existing_type=VECTOR(dim=3), new_column_name='{}'"
+    assert rename.format("embedding", "vec") in generated
+    assert rename.format("vec", "embedding") in generated
+    assert "drop_column" not in generated
+
+    stored.upgrade()
+    assert vectors(stored, "vec") == [(1, "[1,2,3]"), (2, "[4,5,6]")]
+    stored.settled(passage(embedding("vec")))
+    stored.downgrade()
+    assert vectors(stored, "embedding") == [(1, "[1,2,3]"), (2, "[4,5,6]")]
+
+
+def test_dropping_a_vector_column_needs_the_run_to_name_it(stored: Project) -> None:
+    before = set(stored.versions.glob("*.py"))
+    with pytest.raises(CommandError) as refused:
+        stored.revise(passage())
+    assert str(refused.value) == (
+        "autogenerate would drop column passage.embedding (vector(3)) and every vector stored in "
+        "it; to rename it, rename the column in the model and change nothing else about it in "
+        "the same revision; to drop it, run again with -x allow_drop=passage.embedding"
+    )
+    assert set(stored.versions.glob("*.py")) == before
+
+    stored.revise(passage(), allow_drop="passage.embedding")
+    stored.upgrade()
+    stored.settled(passage())
+    assert stored.fetch("SELECT count(*) FROM passage") == [(2,)]
+    stored.downgrade()
+    assert vectors(stored, "embedding") == [(1, None), (2, None)]
+
+
+def test_naming_a_rename_candidate_drops_and_adds_instead(stored: Project) -> None:
+    # New embeddings of the same size from another model: the old ones must not be kept.
+    generated = stored.revise(passage(embedding("vec")), allow_drop="passage.embedding")
+    assert "new_column_name" not in generated
+    stored.upgrade()
+    assert vectors(stored, "vec") == [(1, None), (2, None)]
+    stored.settled(passage(embedding("vec")))
+
+
+def test_a_drop_and_add_of_another_type_is_not_a_rename(stored: Project) -> None:
+    with pytest.raises(CommandError, match=r"-x allow_drop=passage\.embedding$"):
+        stored.revise(passage(embedding("vec", HALFVEC(3))))
+    with pytest.raises(CommandError, match=r"-x allow_drop=passage\.embedding$"):
+        stored.revise(passage(embedding("vec", VECTOR(4))))
+
+
+def test_dropping_a_table_with_vectors_needs_the_run_to_name_it(stored: Project) -> None:
+    with pytest.raises(
+        CommandError,
+        match=r"drop table passage and the vectors stored in "
+        r"embedding \(vector\(3\)\); to drop it, run again with "
+        r"-x allow_drop=passage;",
+    ):
+        stored.revise(passage(table=False))
+    stored.revise(passage(table=False), allow_drop="passage")
+    stored.upgrade()
+    assert stored.fetch("SELECT to_regclass('passage')") == [(None,)]
+    stored.settled(passage(table=False))
+    stored.downgrade()
+    assert stored.fetch("SELECT count(*) FROM passage") == [(0,)]
+
+
+def test_a_not_null_vector_column_is_not_added_to_an_existing_table(stored: Project) -> None:
+    required = passage(embedding(), embedding("summary", nullable=False))
+    with pytest.raises(CommandError) as refused:
+        stored.revise(required)
+    assert str(refused.value) == (
+        "autogenerate would add column passage.summary (vector(3)) as NOT NULL without a "
+        "default, which fails on a table that has rows; declare it nullable, migrate and fill "
+        "it, then declare it NOT NULL and autogenerate again"
+    )
+
+    # The way through, as the message says, on the table with rows.
+    stored.revise(passage(embedding(), embedding("summary")))
+    stored.upgrade()
+    stored.execute("UPDATE passage SET summary = embedding")
+    stored.revise(required)
+    stored.upgrade()
+    stored.settled(required)
+    assert stored.fetch(
+        "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'passage'::regclass "
+        "AND attname = 'summary'"
+    ) == [(True,)]
