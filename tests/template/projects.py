@@ -42,9 +42,14 @@ def clean_environment(**settings: str) -> dict[str, str]:
 
 
 def run(
-    command: Sequence[str | Path], cwd: Path, timeout: float = 300, **settings: str
+    command: Sequence[str | Path],
+    cwd: Path,
+    timeout: float = 300,
+    check: bool = True,
+    **settings: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in ``cwd`` in a clean environment plus ``settings``; fail with its output."""
+    """Run ``command`` in ``cwd`` in a clean environment plus ``settings``; unless ``check`` is
+    false, fail with its output when it fails."""
     result = subprocess.run(
         [str(part) for part in command],
         cwd=cwd,
@@ -54,7 +59,7 @@ def run(
         timeout=timeout,
         check=False,
     )
-    assert result.returncode == 0, (
+    assert result.returncode == 0 or not check, (
         f"{' '.join(map(str, command))} failed in {cwd}:\n{result.stdout}\n{result.stderr}"
     )
     return result
@@ -99,3 +104,62 @@ def project_settings(project: Path, database: URL | None = None, **settings: str
     if database is not None:
         settings["DATABASE_URL"] = database.render_as_string(hide_password=False)
     return {"PYTHONPATH": str(project / "src"), **settings}
+
+
+# A team's own schema, as the issue's trial had it: tables with names of their own, a foreign key,
+# a halfvec column with an HNSW index, and a plain vector one.
+TEAM_IMPORTS = """\
+from pgvector.sqlalchemy import HALFVEC, VECTOR
+from sqlalchemy import BigInteger, ForeignKey, Index, Text
+from sqlalchemy.orm import Mapped, mapped_column
+"""
+TEAM_MODELS = '''
+
+class Document(Base):
+    """A document, cut into chunks."""
+
+    __tablename__ = "document"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+
+
+class Chunk(Base):
+    """A passage of a document and its embedding."""
+
+    __tablename__ = "chunk"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("document.id"))
+    body: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[list[float] | None] = mapped_column(HALFVEC(768))
+
+    __table_args__ = (
+        Index(
+            "ix_chunk_embedding_hnsw",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "halfvec_cosine_ops"},
+        ),
+    )
+
+
+class Item(Base):
+    """Something else with an embedding, not indexed."""
+
+    __tablename__ = "item"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    embedding: Mapped[list[float] | None] = mapped_column(VECTOR(3))
+'''
+
+
+def add_team_models(project: Path, python: Path | str = sys.executable) -> None:
+    """Add the team's models to ``project``'s models.py as a developer would: write them, then let
+    ruff (run by ``python``) merge and sort the imports and format the file."""
+    models = project / "src" / "app" / "models.py"
+    future = "from __future__ import annotations\n\n"
+    text = models.read_text().replace(future, future + TEAM_IMPORTS, 1)
+    models.write_text(text + TEAM_MODELS)
+    run([python, "-m", "ruff", "check", "--no-cache", "--fix", "--select", "I", models], project)
+    run([python, "-m", "ruff", "format", "--no-cache", models], project)
