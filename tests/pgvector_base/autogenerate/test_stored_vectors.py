@@ -5,15 +5,18 @@ Each case runs on a table that holds rows, as production's would.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from alembic.util import CommandError
 from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import BigInteger, Column, MetaData, Table
+from sqlalchemy.types import TypeEngine
 
 from .project import Project
 
 
-def passage(*vectors: Column[object], table: bool = True) -> MetaData:
+def passage(*vectors: Column[Any], table: bool = True) -> MetaData:
     """Table ``passage`` with ``vectors`` (or no table at all)."""
     metadata = MetaData()
     if table:
@@ -22,8 +25,8 @@ def passage(*vectors: Column[object], table: bool = True) -> MetaData:
 
 
 def embedding(
-    name: str = "embedding", type_: object = None, nullable: bool = True
-) -> Column[object]:
+    name: str = "embedding", type_: TypeEngine[Any] | None = None, nullable: bool = True
+) -> Column[Any]:
     """A vector column, ``VECTOR(3)`` unless said otherwise."""
     return Column(name, type_ or VECTOR(3), nullable=nullable)
 
