@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sqlalchemy.engine import URL
@@ -31,7 +31,7 @@ GIT_IDENTITY = {
 OWN_SETTINGS = ("VIRTUAL_ENV", "PYTHONPATH", "DATABASE_URL", "TEST_DATABASE_URL", "PYTEST_ADDOPTS")
 
 
-def clean_environment(**settings: str) -> dict[str, str]:
+def clean_environment(settings: Mapping[str, str]) -> dict[str, str]:
     """This process's environment minus its virtualenv and database settings, plus ``settings``."""
     environment = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS}
     own_bin = str(Path(sys.executable).parent)
@@ -44,16 +44,17 @@ def clean_environment(**settings: str) -> dict[str, str]:
 def run(
     command: Sequence[str | Path],
     cwd: Path,
+    settings: Mapping[str, str] | None = None,
+    *,
     timeout: float = 300,
     check: bool = True,
-    **settings: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``command`` in ``cwd`` in a clean environment plus ``settings``; unless ``check`` is
     false, fail with its output when it fails."""
     result = subprocess.run(
         [str(part) for part in command],
         cwd=cwd,
-        env=clean_environment(**settings),
+        env=clean_environment(settings or {}),
         capture_output=True,
         text=True,
         timeout=timeout,

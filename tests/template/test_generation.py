@@ -51,7 +51,7 @@ def alembic(project: Path, database: URL, *arguments: str) -> subprocess.Complet
     return run(
         [sys.executable, "-m", "alembic", *arguments],
         project,
-        **project_settings(project, database),
+        project_settings(project, database),
     )
 
 
@@ -66,7 +66,7 @@ def schema_tests(project: Path, server_settings: dict[str, str]) -> None:
         "no:cacheprovider",
         "tests/schema",
     ]
-    run(pytest_command, project, **project_settings(project), **server_settings)
+    run(pytest_command, project, {**project_settings(project), **server_settings})
 
 
 @pytest.mark.timeout(600)
@@ -108,7 +108,7 @@ def test_without_example_and_pgai_the_project_ci_passes_then_with_a_teams_models
 
     # The project's CI: its README's test command as written (a fresh Poetry and virtualenv), then
     # ruff, mypy and Squawk.
-    run(["bash", ".ci/run"], project, timeout=1500, **server_settings)
+    run(["bash", ".ci/run"], project, server_settings, timeout=1500)
 
     python = project / ".venv" / "bin" / "python"
     add_team_models(project, python)
@@ -117,17 +117,15 @@ def test_without_example_and_pgai_the_project_ci_passes_then_with_a_teams_models
     run(
         [python, "-m", "alembic", "revision", "--autogenerate", "-m", "initial schema"],
         project,
-        **settings,
+        settings,
     )
-    run([python, "-m", "alembic", "upgrade", "head"], project, **settings)
-    assert (
-        "No new upgrade operations"
-        in run([python, "-m", "alembic", "check"], project, **settings).stdout
-    )
+    run([python, "-m", "alembic", "upgrade", "head"], project, settings)
+    checked = run([python, "-m", "alembic", "check"], project, settings)
+    assert "No new upgrade operations" in checked.stdout
     run(
         [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/schema"],
         project,
-        **server_settings,
+        server_settings,
     )
     run([python, "-m", "ruff", "check", "--no-cache", "."], project)
     run([python, "-m", "mypy"], project)
