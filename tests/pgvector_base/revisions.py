@@ -1,15 +1,19 @@
-"""The shipped migrations plus revisions a test writes, and ``alembic`` run as a user runs it.
+"""Migrations of a test's own, run by the template's ``env.py`` as a user runs ``alembic``.
 
-Each test that needs migrations of its own (a slow one, one that alters ``product``) writes them
-into a temporary versions directory, chained after the shipped head, and gets an ``alembic.ini``
-that reads both directories. ``alembic`` then runs in a subprocess, as at a container's start, so
-its exit code and its output are the ones a user sees.
+A test writes its revisions into a temporary directory, the first with no ``down_revision``, and
+gets an ``alembic.ini`` that reads only that directory: never the project's ``migrations/versions``.
+The directory's ``env.py`` runs the template's ``migrations/env.py`` with the test's models as its
+target metadata (``models.py`` beside it, empty unless the test writes one), so that neither
+``alembic check`` nor the version checks before a run depend on what ``app.models`` declares.
+``alembic`` runs in a subprocess, as at a container's start, so its exit code and its output are
+the ones a user sees; in-process commands take :meth:`Migrations.config`.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,9 +23,24 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
-SHIPPED_INI = REPOSITORY_ROOT / "alembic.ini"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_MIGRATIONS = REPOSITORY_ROOT / "migrations"
 ALEMBIC_TIMEOUT = 120
+
+ENV_PY = f'''"""The template's env.py, with models.py beside this file as its target metadata."""
+
+import runpy
+from pathlib import Path
+
+from alembic import context
+
+# A caller's metadata (pytest-alembic's, a test's in-process command) still comes first.
+if "target_metadata" not in context.config.attributes:
+    models = runpy.run_path(str(Path(__file__).with_name("models.py")))
+    context.config.attributes["target_metadata"] = models["metadata"]
+runpy.run_path({str(TEMPLATE_MIGRATIONS / "env.py")!r})
+'''
+NO_MODELS = "from sqlalchemy import MetaData\n\nmetadata = MetaData()\n"
 
 REVISION_TEMPLATE = '''"""{message}"""
 
@@ -44,33 +63,31 @@ def downgrade() -> None:
 '''
 
 
-def shipped_head() -> str:
-    """The head revision of the template's own migrations."""
-    head = ScriptDirectory.from_config(Config(str(SHIPPED_INI))).get_current_head()
-    assert head is not None
-    return head
-
-
 class Migrations:
-    """The template's ``migrations/`` with an extra versions directory under ``directory``."""
+    """A migrations directory of a test's own under ``directory``, with its ``alembic.ini``."""
 
     def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.versions = directory / "versions"
         self.versions.mkdir(parents=True)
+        (directory / "env.py").write_text(ENV_PY)
+        (directory / "models.py").write_text(NO_MODELS)
+        shutil.copy(TEMPLATE_MIGRATIONS / "script.py.mako", directory)
         self.ini = directory / "alembic.ini"
-        self.head = shipped_head()
+        self.head: str | None = None
         parser = configparser.RawConfigParser()
-        parser.read(SHIPPED_INI)
-        parser["alembic"]["script_location"] = str(REPOSITORY_ROOT / "migrations")
+        parser.read(REPOSITORY_ROOT / "alembic.ini")
+        parser["alembic"]["script_location"] = str(directory)
         parser["alembic"]["prepend_sys_path"] = str(REPOSITORY_ROOT)
-        parser["alembic"]["version_locations"] = os.pathsep.join(
-            [str(REPOSITORY_ROOT / "migrations" / "versions"), str(self.versions)]
-        )
         with self.ini.open("w") as file:
             parser.write(file)
 
+    def models(self, source: str) -> None:
+        """Make ``source``, a module defining ``metadata``, the models ``env.py`` compares to."""
+        (self.directory / "models.py").write_text(textwrap.dedent(source))
+
     def add(self, message: str, upgrade: str, downgrade: str = "pass", imports: str = "") -> str:
-        """Write a revision after the current head; return its id.
+        """Write a revision after the current head (the first has none); return its id.
 
         ``upgrade`` and ``downgrade`` are function bodies; ``imports`` adds import lines.
         """
@@ -87,21 +104,34 @@ class Migrations:
         self.head = revision
         return revision
 
+    def config(self) -> Config:
+        """The ``alembic.ini`` as an in-process command reads it."""
+        return Config(str(self.ini))
+
     def revisions(self) -> set[str]:
-        """Every revision: the shipped ones and the test's."""
-        script = ScriptDirectory.from_config(Config(str(self.ini)))
+        """Every revision the test wrote."""
+        script = ScriptDirectory.from_config(self.config())
         return {revision.revision for revision in script.walk_revisions()}
 
     def run(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``alembic ARGS`` with this project's ``alembic.ini``; see :func:`run_alembic`."""
-        return run_alembic("-c", str(self.ini), *args, env=env)
+        """Run ``alembic ARGS`` to completion; ``env`` is added to this process's environment
+        (where the fixtures set ``DATABASE_URL``)."""
+        return subprocess.run(
+            self.command(*args),
+            cwd=REPOSITORY_ROOT,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=ALEMBIC_TIMEOUT,
+        )
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """Start ``alembic ARGS`` without waiting; output is collected for ``communicate()``."""
         return subprocess.Popen(
-            [sys.executable, "-m", "alembic", "-c", str(self.ini), *args],
+            self.command(*args),
             cwd=REPOSITORY_ROOT,
             env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
@@ -109,21 +139,9 @@ class Migrations:
             text=True,
         )
 
-
-def run_alembic(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``alembic ARGS`` from the repository root to completion.
-
-    ``env`` is added to this process's environment (where the fixtures set ``DATABASE_URL``).
-    """
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=REPOSITORY_ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=ALEMBIC_TIMEOUT,
-    )
+    def command(self, *args: str) -> list[str]:
+        """The ``alembic ARGS`` command line, with this directory's ``alembic.ini``."""
+        return [sys.executable, "-m", "alembic", "-c", str(self.ini), *args]
 
 
 def failed_line(result: subprocess.CompletedProcess[str]) -> str:

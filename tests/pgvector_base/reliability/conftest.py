@@ -10,8 +10,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from ..revisions import Migrations
 from . import servers
-from .revisions import Migrations
 
 # Every character that breaks naive handling: % (configparser), @ and : (URLs).
 PASSWORD = "p%ss@w:rd"
@@ -28,7 +28,7 @@ def scalars(url: URL | str, sql: str) -> list[object]:
 
 @pytest.fixture
 def migrations(tmp_path: Path) -> Migrations:
-    """The shipped migrations; the test adds its revisions after them."""
+    """Migrations of the test's own, none written yet (see ``tests/pgvector_base/revisions.py``)."""
     return Migrations(tmp_path / "migrations")
 
 

@@ -1,12 +1,12 @@
 """Replicas that run ``alembic upgrade head`` at the same moment: one migrates, the others wait.
 
 Eight ``alembic`` processes start together against one database, five times on fresh databases
-and once on a database one revision behind. Besides the shipped migration, they apply two
-revisions of the test's own: one that records itself in a table, and one with an
-``autocommit_block()`` that commits the migration transaction halfway, builds an index with
-``CREATE INDEX CONCURRENTLY`` while the seven other processes are connected and waiting for the
-lock, and records itself again after the commit. A migration lock held by the transaction would be
-lost at that commit; a waiter holding a snapshot would make the concurrent build wait forever.
+and once on a database one revision behind. They apply two revisions of the test's own: one that
+creates a table and records itself in it, and one with an ``autocommit_block()`` that commits the
+migration transaction halfway, builds an index with ``CREATE INDEX CONCURRENTLY`` while the seven
+other processes are connected and waiting for the lock, and records itself again after the commit.
+A migration lock held by the transaction would be lost at that commit; a waiter holding a snapshot
+would make the concurrent build wait forever.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import pytest
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
@@ -26,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from pgvector_base.database import DATABASE_URL_ENV
 from pgvector_base.migration.locking import MIGRATION_LOCK_KEY
 
-from .revisions import ALEMBIC_TIMEOUT, Migrations, failed_line, run_alembic
+from ..revisions import ALEMBIC_TIMEOUT, Migrations, failed_line
 
 REPLICAS = 8
 FRESH_DATABASES = 5
@@ -51,7 +50,7 @@ op.execute(
     \"\"\"
 )
 with op.get_context().autocommit_block():
-    op.create_index("ix_product_name", "product", ["name"], postgresql_concurrently=True)
+    op.create_index("ix_applied_step", "applied", ["step"], postgresql_concurrently=True)
 op.execute("INSERT INTO applied VALUES ('after the autocommit block')")
 """
 CreateDatabase = Callable[[], URL]
@@ -82,7 +81,7 @@ def database_state(url: URL) -> tuple[list[str], list[str], bool]:
         versions = list(connection.scalars(text("SELECT version_num FROM alembic_version")))
         steps = list(connection.scalars(text("SELECT step FROM applied ORDER BY ctid")))
         valid = connection.scalar(
-            text("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_product_name'::regclass")
+            text("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_applied_step'::regclass")
         )
     engine.dispose()
     return versions, steps, bool(valid)
@@ -111,7 +110,7 @@ def test_replicas_on_a_database_one_revision_behind_apply_the_last_once(
     head = migrations.add("concurrent index", CONCURRENT_INDEX)
     url = create_database()
     monkeypatch.setenv(DATABASE_URL_ENV, url.render_as_string(hide_password=False))
-    command.upgrade(Config(str(migrations.ini)), behind)
+    command.upgrade(migrations.config(), behind)
     runs = run_replicas(migrations, url)
     assert runs == Counter({head: 1})
     assert database_state(url) == (
@@ -121,13 +120,16 @@ def test_replicas_on_a_database_one_revision_behind_apply_the_last_once(
     )
 
 
-def test_lock_held_longer_than_the_lock_timeout_fails_in_one_line(fresh_database_url: URL) -> None:
+def test_lock_held_longer_than_the_lock_timeout_fails_in_one_line(
+    migrations: Migrations, fresh_database_url: URL
+) -> None:
+    migrations.add("record", RECORD)
     engine = create_engine(fresh_database_url, poolclass=NullPool)
     with engine.connect() as holder:
         holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         pid = holder.scalar(text("SELECT pg_backend_pid()"))
         holder.commit()
-        result = run_alembic("upgrade", "head", env={"MIGRATION_LOCK_TIMEOUT": "1s"})
+        result = migrations.run("upgrade", "head", env={"MIGRATION_LOCK_TIMEOUT": "1s"})
     engine.dispose()
     assert failed_line(result) == (
         f"FAILED: PostgreSQL backend pid {pid} has held the migration lock on database "

@@ -3,7 +3,8 @@
 Every URL below carries the awkward password (``%``, ``@`` and ``:``, URL-encoded), and neither
 its raw nor its encoded form may appear anywhere in the output. The servers are real: a closed
 port, a server of our own that checks passwords, and the operating system's PostgreSQL, which
-has no pgvector. Vectors the server refuses are shown through the ORM, where pgvector's own
+has no pgvector. The migrations are the test's own (one revision that creates a table). Vectors
+the server refuses are shown through the ORM, on a model of the test's own, where pgvector's own
 messages are already one clear line.
 """
 
@@ -11,31 +12,51 @@ from __future__ import annotations
 
 import math
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, text
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import BigInteger, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DataError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
-from app.models import EMBEDDING_DIM, Base, Product
 from pgvector_base.database import DATABASE_URL_ENV
 
+from ..revisions import Migrations, failed_line
 from .conftest import PASSWORD
-from .revisions import failed_line, run_alembic
 from .servers import Server, free_port
 
 ENCODED_PASSWORD = quote(PASSWORD, safe="")
+DIMENSIONS = 3
+Upgrade = Callable[[URL | str], subprocess.CompletedProcess[str]]
 
 
-def upgrade(url: URL | str) -> subprocess.CompletedProcess[str]:
-    """``alembic upgrade head`` with ``DATABASE_URL`` set to ``url``."""
-    raw = url if isinstance(url, str) else url.render_as_string(hide_password=False)
-    assert ENCODED_PASSWORD in raw
-    return run_alembic("upgrade", "head", env={DATABASE_URL_ENV: raw})
+class Base(DeclarativeBase):
+    """The test's own models."""
+
+
+class Widget(Base):
+    """A row with an embedding of :data:`DIMENSIONS` values."""
+
+    __tablename__ = "widget"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    embedding: Mapped[list[float]] = mapped_column(VECTOR(DIMENSIONS))
+
+
+@pytest.fixture
+def upgrade(migrations: Migrations) -> Upgrade:
+    """``alembic upgrade head`` of a migration that creates a table, with ``DATABASE_URL``."""
+    migrations.add("widget", 'op.create_table("widget", sa.Column("id", sa.BigInteger()))')
+
+    def run(url: URL | str) -> subprocess.CompletedProcess[str]:
+        raw = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+        assert ENCODED_PASSWORD in raw
+        return migrations.run("upgrade", "head", env={DATABASE_URL_ENV: raw})
+
+    return run
 
 
 def failure(result: subprocess.CompletedProcess[str]) -> str:
@@ -68,11 +89,11 @@ def failure(result: subprocess.CompletedProcess[str]) -> str:
         ),
     ],
 )
-def test_unusable_url(url: str, expected: str) -> None:
+def test_unusable_url(upgrade: Upgrade, url: str, expected: str) -> None:
     assert failure(upgrade(url)).startswith(expected)
 
 
-def test_unreachable_host() -> None:
+def test_unreachable_host(upgrade: Upgrade) -> None:
     port = free_port()
     line = failure(upgrade(f"postgresql://app:{ENCODED_PASSWORD}@127.0.0.1:{port}/app"))
     assert line.startswith(
@@ -81,7 +102,7 @@ def test_unreachable_host() -> None:
     )
 
 
-def test_wrong_password(password_server: Server) -> None:
+def test_wrong_password(upgrade: Upgrade, password_server: Server) -> None:
     line = failure(upgrade(password_server.url(password=PASSWORD + "x")))
     assert line == (
         f"FAILED: PostgreSQL at 127.0.0.1:{password_server.port} rejected user 'postgres' "
@@ -89,7 +110,7 @@ def test_wrong_password(password_server: Server) -> None:
     )
 
 
-def test_database_does_not_exist(password_server: Server) -> None:
+def test_database_does_not_exist(upgrade: Upgrade, password_server: Server) -> None:
     line = failure(upgrade(password_server.url("no_such_database")))
     assert line.startswith(
         f"FAILED: database 'no_such_database' does not exist on PostgreSQL at "
@@ -97,7 +118,7 @@ def test_database_does_not_exist(password_server: Server) -> None:
     )
 
 
-def test_server_without_pgvector(server_without_pgvector: Server) -> None:
+def test_server_without_pgvector(upgrade: Upgrade, server_without_pgvector: Server) -> None:
     line = failure(upgrade(server_without_pgvector.url()))
     assert line.startswith(
         f"FAILED: PostgreSQL at 127.0.0.1:{server_without_pgvector.port} has no pgvector "
@@ -120,7 +141,7 @@ def role_without_superuser(password_server: Server) -> Iterator[URL]:
 
 
 def test_no_privilege_to_create_the_extension(
-    password_server: Server, role_without_superuser: URL
+    upgrade: Upgrade, password_server: Server, role_without_superuser: URL
 ) -> None:
     line = failure(upgrade(role_without_superuser))
     assert line == (
@@ -133,14 +154,10 @@ def test_no_privilege_to_create_the_extension(
 @pytest.mark.parametrize(
     ("embedding", "message"),
     [
-        pytest.param([1.0, 2.0, 3.0], f"expected {EMBEDDING_DIM} dimensions, not 3", id="dim"),
-        pytest.param([math.nan] * EMBEDDING_DIM, "NaN not allowed in vector", id="nan"),
-        pytest.param([math.inf] * EMBEDDING_DIM, "infinite value not allowed in vector", id="inf"),
-        pytest.param(
-            [0.0] * (EMBEDDING_DIM - 1) + [-math.inf],
-            "infinite value not allowed in vector",
-            id="-inf",
-        ),
+        pytest.param([1.0, 2.0], f"expected {DIMENSIONS} dimensions, not 2", id="dim"),
+        pytest.param([math.nan] * DIMENSIONS, "NaN not allowed in vector", id="nan"),
+        pytest.param([math.inf] * DIMENSIONS, "infinite value not allowed in vector", id="inf"),
+        pytest.param([0.0, 0.0, -math.inf], "infinite value not allowed in vector", id="-inf"),
     ],
 )
 def test_orm_refuses_vectors_pgvector_cannot_store(
@@ -151,7 +168,7 @@ def test_orm_refuses_vectors_pgvector_cannot_store(
         connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
         Base.metadata.create_all(connection)
     with Session(engine) as session:
-        session.add(Product(name="lamp", description="a lamp", embedding=embedding))
+        session.add(Widget(id=1, embedding=embedding))
         with pytest.raises(DataError) as raised:
             session.commit()
     engine.dispose()

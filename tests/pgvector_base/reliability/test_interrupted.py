@@ -1,75 +1,110 @@
 """``alembic upgrade head`` killed (SIGKILL) in the middle of a multi-statement migration.
 
-The migration adds a column, sleeps, then creates a table. The process is killed while the server
-runs the sleep. PostgreSQL rolls the migration's transaction back once it notices the client is
-gone, which it does when the running statement ends: until then, that session still holds its
-locks and the migration lock, so a run started meanwhile waits for it rather than racing it.
-Interrupted concurrent index builds are recovered by ``pgvector_base.migration.indexes``
-(its own tests).
+The migration adds a column, waits at a gate, then creates a table. The gate is an advisory lock
+that the test holds: the migration's statement polls it and ends once the test releases it, so the
+process is killed while the server runs that statement, however slowly either side starts.
+PostgreSQL rolls the migration's transaction back once it notices the client is gone, which it
+does when the running statement ends: until then, that session still holds its locks and the
+migration lock, so a run started meanwhile waits for it rather than racing it. Interrupted
+concurrent index builds are recovered by ``pgvector_base.migration.indexes`` (its own tests).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from .revisions import Migrations, shipped_head
+from ..revisions import Migrations
 
-SLEEP_ENV = "SLOW_MIGRATION_SECONDS"
+T = TypeVar("T")
+
+GATE_KEY = 7_000_001
+CREATE_WIDGET = 'op.create_table("widget", sa.Column("id", sa.BigInteger(), primary_key=True))'
+# Advisory locks are per database; pg_locks shows a small key as objid, with classid 0.
 SLOW_MIGRATION = f"""
-op.add_column("product", sa.Column("sku", sa.Text()))
-op.execute(f"SELECT pg_sleep({{float(os.environ.get('{SLEEP_ENV}', '0'))}})")
+op.add_column("widget", sa.Column("sku", sa.Text()))
+op.execute(
+    \"\"\"
+    DO $$ BEGIN
+        WHILE EXISTS (
+            SELECT FROM pg_locks
+            WHERE locktype = 'advisory' AND granted AND classid = 0 AND objid = {GATE_KEY}
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        ) LOOP
+            PERFORM pg_sleep(0.05);
+        END LOOP;
+    END $$
+    \"\"\"
+)
 op.create_table("audit", sa.Column("id", sa.BigInteger(), primary_key=True))
 """
+AT_THE_GATE = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND ltrim(query, E' \\n') LIKE 'DO $$%' AND state = 'active'"
+)
 WAIT_LIMIT = 60.0
 
 
-def wait_for(url: URL, sql: str, expected: bool) -> int | None:
-    """Poll ``sql`` (one row, one column, or none) until whether it has a row is ``expected``."""
-    engine = create_engine(url, poolclass=NullPool)
+def poll(check: Callable[[], T | None], what: str) -> T:
+    """Call ``check`` until it returns something other than ``None``; fail after ``WAIT_LIMIT``."""
     deadline = time.monotonic() + WAIT_LIMIT
+    while (value := check()) is None:
+        assert time.monotonic() < deadline, f"waited {WAIT_LIMIT:.0f}s for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def first_value(url: URL, sql: str) -> object | None:
+    """The first column of the first row of ``sql``, or ``None`` when it has no row."""
+    engine = create_engine(url, poolclass=NullPool)
     with engine.connect() as connection:
-        while True:
-            value = connection.scalar(text(sql))
-            connection.rollback()
-            if (value is not None) == expected:
-                engine.dispose()
-                return value if isinstance(value, int) else None
-            assert time.monotonic() < deadline, f"still {value!r} after {WAIT_LIMIT}s: {sql}"
-            time.sleep(0.05)
+        value: object | None = connection.scalar(text(sql))
+    engine.dispose()
+    return value
 
 
-def kill_during_sleep(migrations: Migrations, url: URL, seconds: float) -> int:
-    """Start the upgrade, SIGKILL it while the server sleeps; return the server process id."""
-    upgrade = migrations.start("upgrade", "head", env={SLEEP_ENV: str(seconds)})
-    backend = wait_for(
-        url,
-        "SELECT pid FROM pg_stat_activity "
-        "WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
-        expected=True,
-    )
-    assert backend is not None
+@contextmanager
+def gate_closed(url: URL) -> Iterator[None]:
+    """Hold the gate that the slow migration waits at, for the block."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": GATE_KEY})
+        holder.commit()
+        yield
+        holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": GATE_KEY})
+        holder.commit()
+    engine.dispose()
+
+
+def kill_at_the_gate(migrations: Migrations, url: URL) -> int:
+    """Start the upgrade, SIGKILL it while the server waits at the gate; return the server pid."""
+    upgrade = migrations.start("upgrade", "head")
+    backend = poll(lambda: first_value(url, AT_THE_GATE), "the migration to reach the gate")
     os.kill(upgrade.pid, signal.SIGKILL)
     upgrade.communicate(timeout=WAIT_LIMIT)
     assert upgrade.returncode == -signal.SIGKILL
+    assert isinstance(backend, int)
     return backend
 
 
 def schema(url: URL) -> tuple[list[str], set[str], set[str]]:
-    """``alembic_version`` rows, the tables, and the columns of ``product``."""
+    """``alembic_version`` rows, the tables, and the columns of ``widget``."""
     engine = create_engine(url, poolclass=NullPool)
     with engine.connect() as connection:
         versions = list(connection.scalars(text("SELECT version_num FROM alembic_version")))
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
-    columns = {column["name"] for column in inspector.get_columns("product")}
+    columns = {column["name"] for column in inspector.get_columns("widget")}
     engine.dispose()
     return versions, tables, columns
 
@@ -77,12 +112,14 @@ def schema(url: URL) -> tuple[list[str], set[str], set[str]]:
 def test_killed_migration_leaves_the_previous_revision_and_reruns(
     migrations: Migrations, fresh_database_url: URL
 ) -> None:
-    previous = shipped_head()
-    command.upgrade(Config(str(migrations.ini)), previous)
-    head = migrations.add("slow", SLOW_MIGRATION, imports="import os")
+    previous = migrations.add("widget", CREATE_WIDGET)
+    command.upgrade(migrations.config(), previous)
+    head = migrations.add("slow", SLOW_MIGRATION)
     before = schema(fresh_database_url)
-    backend = kill_during_sleep(migrations, fresh_database_url, seconds=2)
-    wait_for(fresh_database_url, f"SELECT 1 FROM pg_stat_activity WHERE pid = {backend}", False)
+    with gate_closed(fresh_database_url):
+        backend = kill_at_the_gate(migrations, fresh_database_url)
+    gone = f"SELECT true WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = {backend})"
+    poll(lambda: first_value(fresh_database_url, gone), f"backend {backend} to end")
     assert schema(fresh_database_url) == before
     assert before[0] == [previous]
     rerun = migrations.run("upgrade", "head")
@@ -94,15 +131,31 @@ def test_killed_migration_leaves_the_previous_revision_and_reruns(
 def test_run_started_before_the_server_rolled_back_waits_for_it(
     migrations: Migrations, fresh_database_url: URL
 ) -> None:
-    """The killed run's statement outlasts the lock timeout of the run that follows at once.
+    """The killed run's statement lasts until the run that follows is waiting for the lock.
 
     Were the migration lock held apart from the migration's own session, the second run would
     start at once, and its ALTER TABLE would fail on the lock the dying transaction still holds.
     """
-    command.upgrade(Config(str(migrations.ini)), shipped_head())
-    head = migrations.add("slow", SLOW_MIGRATION, imports="import os")
-    kill_during_sleep(migrations, fresh_database_url, seconds=3)
-    rerun = migrations.run("upgrade", "head", env={"MIGRATION_DDL_LOCK_TIMEOUT": "500ms"})
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "Another migration run holds the migration lock; waiting up to" in rerun.stderr
+    command.upgrade(migrations.config(), migrations.add("widget", CREATE_WIDGET))
+    head = migrations.add("slow", SLOW_MIGRATION)
+    with gate_closed(fresh_database_url):
+        backend = kill_at_the_gate(migrations, fresh_database_url)
+        rerun = migrations.start("upgrade", "head", env={"MIGRATION_DDL_LOCK_TIMEOUT": "500ms"})
+        # A waiting run polls pg_try_advisory_lock, which pg_stat_activity shows as its last
+        # query; a run that did not wait has ended by itself, and is judged below.
+        trying = (
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            f"AND query LIKE 'SELECT pg_try_advisory_lock%' AND pid <> {backend}"
+        )
+        poll(
+            lambda: first_value(fresh_database_url, trying) or rerun.poll(),
+            "the second run to try the migration lock",
+        )
+    try:
+        stdout, stderr = rerun.communicate(timeout=WAIT_LIMIT)
+    except subprocess.TimeoutExpired:
+        rerun.kill()
+        raise
+    assert rerun.returncode == 0, stdout + stderr
+    assert "Another migration run holds the migration lock; waiting up to" in stderr
     assert schema(fresh_database_url)[0] == [head]

@@ -25,8 +25,8 @@ from sqlalchemy.pool import NullPool
 
 from pgvector_base.database import DATABASE_URL_ENV
 
+from ..revisions import REPOSITORY_ROOT, Migrations
 from .conftest import PASSWORD
-from .revisions import REPOSITORY_ROOT, run_alembic
 from .servers import Server
 
 # The compose defaults ("postgres", also the workflow's service container and .env.example's URL)
@@ -148,12 +148,27 @@ def database(password_server: Server) -> Iterator[URL]:
     admin.dispose()
 
 
-def test_password_is_never_printed(database: URL) -> None:
+def test_password_is_never_printed(database: URL, migrations: Migrations) -> None:
+    migrations.models(
+        """
+        from sqlalchemy import BigInteger, Column, MetaData, Table
+
+        metadata = MetaData()
+        Table("widget", metadata, Column("id", BigInteger, primary_key=True))
+        """
+    )
+    migrations.add(
+        "widget",
+        'op.create_table("widget", sa.Column("id", sa.BigInteger(), primary_key=True))',
+        'op.drop_table("widget")',
+    )
     raw = database.render_as_string(hide_password=False)
     assert quote(PASSWORD, safe="") in raw
     env = {DATABASE_URL_ENV: raw}
-    runs = [run_alembic(*command, env=env) for command in (["upgrade", "head"], ["check"])]
-    runs.append(run_alembic("-x", f"dburl={raw}", "downgrade", "base", env={DATABASE_URL_ENV: ""}))
+    runs = [migrations.run(*command, env=env) for command in (["upgrade", "head"], ["check"])]
+    runs.append(
+        migrations.run("-x", f"dburl={raw}", "downgrade", "base", env={DATABASE_URL_ENV: ""})
+    )
     for result in runs:
         assert result.returncode == 0, result.stdout + result.stderr
         output = result.stdout + result.stderr

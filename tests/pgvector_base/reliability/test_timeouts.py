@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import pytest
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from pgvector_base.migration import timeouts
 
+from ..revisions import Migrations, failed_line
 from .conftest import scalars
-from .revisions import Migrations, failed_line, shipped_head
 
 RECORD = (
     "INSERT INTO observed VALUES "
@@ -36,6 +35,7 @@ with op.get_context().autocommit_block(), timeouts.lifted():
     op.execute("{RECORD.format(place="lifted")}")
 op.execute("{RECORD.format(place="after the autocommit block")}")
 """
+CREATE_WIDGET = 'op.create_table("widget", sa.Column("id", sa.BigInteger(), primary_key=True))'
 DDL_LOCK = timeouts.DDL_LOCK_TIMEOUT_ENV
 STATEMENT = timeouts.STATEMENT_TIMEOUT_ENV
 
@@ -73,6 +73,7 @@ def test_timeouts_last_the_whole_run_and_are_lifted_for_index_builds(
 
 
 def test_offline_sql_sets_the_timeouts_first(migrations: Migrations) -> None:
+    migrations.add("widget", CREATE_WIDGET)
     result = migrations.run(
         "upgrade",
         "head",
@@ -92,44 +93,49 @@ def test_offline_sql_sets_the_timeouts_first(migrations: Migrations) -> None:
 def test_ddl_behind_a_conflicting_lock_fails_fast_and_succeeds_on_retry(
     migrations: Migrations, fresh_database_url: URL
 ) -> None:
-    previous = shipped_head()
-    command.upgrade(Config(str(migrations.ini)), previous)
-    head = migrations.add("add sku", 'op.add_column("product", sa.Column("sku", sa.Text()))')
+    previous = migrations.add("widget", CREATE_WIDGET)
+    command.upgrade(migrations.config(), previous)
+    head = migrations.add("add sku", 'op.add_column("widget", sa.Column("sku", sa.Text()))')
     engine = create_engine(fresh_database_url, poolclass=NullPool)
-    # A report that keeps its transaction open: it holds ACCESS SHARE on product, which
+    # A report that keeps its transaction open: it holds ACCESS SHARE on widget, which
     # ALTER TABLE's ACCESS EXCLUSIVE has to wait for.
     with engine.connect() as report:
-        report.execute(text("SELECT count(*) FROM product"))
+        report.execute(text("SELECT count(*) FROM widget"))
         result = migrations.run("upgrade", "head", env={DDL_LOCK: "1s"})
         assert failed_line(result) == (
-            "FAILED: a migration statement (ALTER TABLE product ADD COLUMN sku TEXT) waited over "
+            "FAILED: a migration statement (ALTER TABLE widget ADD COLUMN sku TEXT) waited over "
             "1s for a lock held by another session (a long query or an open transaction; "
             "pg_locks shows it) and was canceled, and the migration was rolled back; retry when "
             "that session is done, or raise MIGRATION_DDL_LOCK_TIMEOUT"
         )
         assert scalars(fresh_database_url, "SELECT version_num FROM alembic_version") == [previous]
-        assert "sku" not in {column["name"] for column in inspect(engine).get_columns("product")}
+        assert "sku" not in {column["name"] for column in inspect(engine).get_columns("widget")}
         report.rollback()
     retry = migrations.run("upgrade", "head", env={DDL_LOCK: "1s"})
     assert retry.returncode == 0, retry.stderr
     assert scalars(fresh_database_url, "SELECT version_num FROM alembic_version") == [head]
-    assert "sku" in {column["name"] for column in inspect(engine).get_columns("product")}
+    assert "sku" in {column["name"] for column in inspect(engine).get_columns("widget")}
     engine.dispose()
 
 
 def test_long_statement_is_canceled_and_rolled_back(
     migrations: Migrations, fresh_database_url: URL
 ) -> None:
-    migrations.add("slow", 'op.execute("SELECT pg_sleep(60)")')
-    result = migrations.run("upgrade", "head", env={STATEMENT: "500ms"})
+    # The limit is meant for the sleep alone, not for creating the extension in a fresh database.
+    engine = create_engine(fresh_database_url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE EXTENSION vector"))
+    engine.dispose()
+    migrations.add("slow", f'{CREATE_WIDGET}\nop.execute("SELECT pg_sleep(60)")')
+    result = migrations.run("upgrade", "head", env={STATEMENT: "1s"})
     assert failed_line(result) == (
-        "FAILED: a migration statement (SELECT pg_sleep(60)) ran for over 500ms and was "
+        "FAILED: a migration statement (SELECT pg_sleep(60)) ran for over 1s and was "
         "canceled, and the migration was rolled back; raise MIGRATION_STATEMENT_TIMEOUT for "
         "this run (0 for no limit), or build vector indexes on populated tables concurrently"
     )
     # Everything ran in one transaction, from an empty database: nothing is left of it.
     assert scalars(fresh_database_url, "SELECT to_regclass('alembic_version')::text") == [None]
-    assert scalars(fresh_database_url, "SELECT to_regclass('product')::text") == [None]
+    assert scalars(fresh_database_url, "SELECT to_regclass('widget')::text") == [None]
 
 
 def test_a_timeout_that_is_no_duration_is_one_line(migrations: Migrations) -> None:

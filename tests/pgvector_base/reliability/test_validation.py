@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from alembic import command
-from alembic.config import Config
 from alembic.util import CommandError
 from pgvector.sqlalchemy import BIT, HALFVEC, SPARSEVEC, VECTOR
 from sqlalchemy import BigInteger, Column, Engine, Index, MetaData, Table, cast, create_engine, text
@@ -20,10 +19,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from app.models import Base
 from pgvector_base.migration.validation import check_pgvector_version, model_problems
 
-from .revisions import SHIPPED_INI
+from ..revisions import Migrations
 
 TYPES: dict[str, tuple[Callable[[int | None], Any], str]] = {
     "vector": (VECTOR, "vector_l2_ops"),
@@ -53,6 +51,19 @@ def column_index(type_name: str, dimensions: int | None, method: str) -> MetaDat
         metadata.tables["item"].c.embedding,
         postgresql_using=method,
         postgresql_ops={"embedding": TYPES[type_name][1]},
+    )
+    return metadata
+
+
+def cosine_index(dimensions: int) -> MetaData:
+    """Models with an HNSW cosine index of explicit build parameters on ``vector(dimensions)``."""
+    metadata = MetaData()
+    Index(
+        "ix_item_embedding_hnsw",
+        item_table(metadata, "vector", dimensions).c.embedding,
+        postgresql_using="hnsw",
+        postgresql_with={"m": 16, "ef_construction": 64},
+        postgresql_ops={"embedding": "vector_cosine_ops"},
     )
     return metadata
 
@@ -123,8 +134,7 @@ def test_model_problems_are_what_pgvector_refuses(engine: Engine, metadata: Meta
 def test_autogenerate_refuses_an_index_pgvector_cannot_build(
     fresh_database_url: URL, tmp_path: Path
 ) -> None:
-    config = Config(str(SHIPPED_INI))
-    config.set_main_option("version_locations", str(tmp_path))
+    config = Migrations(tmp_path).config()
     config.attributes["target_metadata"] = column_index("vector", 3072, "hnsw")
     message = (
         "the models need a fix before autogenerate: index ix_item_embedding on item (embedding): "
@@ -137,7 +147,7 @@ def test_autogenerate_refuses_an_index_pgvector_cannot_build(
     with pytest.raises(CommandError) as raised:
         command.check(config)
     assert str(raised.value) == message
-    assert list(tmp_path.iterdir()) == []
+    assert list((tmp_path / "versions").iterdir()) == []
 
 
 def test_autogenerate_names_every_index_without_dimensions(
@@ -147,8 +157,7 @@ def test_autogenerate_names_every_index_without_dimensions(
     Index(
         "ix_item_embedding_ivfflat", metadata.tables["item"].c.embedding, postgresql_using="ivfflat"
     )
-    config = Config(str(SHIPPED_INI))
-    config.set_main_option("version_locations", str(tmp_path))
+    config = Migrations(tmp_path).config()
     config.attributes["target_metadata"] = metadata
     with pytest.raises(CommandError) as raised:
         command.revision(config, "item", autogenerate=True)
@@ -180,8 +189,8 @@ def test_autogenerate_names_every_index_without_dimensions(
         ),
         (
             "0.4.4",
-            Base.metadata,
-            "this database has pgvector 0.4.4, but hnsw index ix_product_embedding_hnsw needs "
+            cosine_index(1536),
+            "this database has pgvector 0.4.4, but hnsw index ix_item_embedding_hnsw needs "
             "pgvector 0.5.0 or later; run ALTER EXTENSION vector UPDATE (if no newer version "
             "is available, install a newer pgvector on the server first)",
         ),
@@ -200,9 +209,9 @@ def test_pgvector_older_than_the_models_need(
     ("installed", "metadata"),
     [
         ("0.7.0", column_index("halfvec", 768, "hnsw")),
-        ("0.5.0", Base.metadata),
+        ("0.5.0", cosine_index(1536)),
         ("0.1.0", column_index("vector", 3, "ivfflat")),
-        ("0.8.6", Base.metadata),
+        ("0.8.6", cosine_index(1536)),
     ],
 )
 def test_pgvector_as_new_as_the_models_need(installed: str, metadata: MetaData) -> None:
