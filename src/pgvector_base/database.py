@@ -78,7 +78,9 @@ def parse_url(raw: str, source: str) -> URL:
             f"{source} names the database '{backend}'; this template needs PostgreSQL "
             "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
         )
-    if driver not in {"", DRIVER}:
+    # psycopg (3) is the application engine's driver; the URL itself is given psycopg2's, which
+    # migrations use, and session.create_app_engine sets its own.
+    if driver not in {"", DRIVER, "psycopg"}:
         raise DatabaseConfigError(
             f"{source} asks for the driver '{driver}', which is not installed; "
             f"use postgresql:// or postgresql+{DRIVER}://"

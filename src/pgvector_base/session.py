@@ -42,6 +42,10 @@ class EngineSettings:
     """Seconds after which a connection is replaced, before a proxy or firewall drops it as idle."""
     connect_timeout: int = 10
     """Seconds to wait for an unreachable server, instead of the system's minutes-long timeout."""
+    driver: str = "psycopg"
+    """psycopg 3, whose binary parameters and prepared statements take about a millisecond off
+    each vector search (see :mod:`pgvector_base.search`); ``"psycopg2"`` also works. Migrations
+    always use psycopg2."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> EngineSettings:
@@ -53,18 +57,22 @@ class EngineSettings:
                 if not raw.isdigit():
                     raise DatabaseConfigError(f"{name} must be a whole number, not {raw!r}")
                 values[field] = int(raw)
-        return cls(**values)
+        return cls(
+            pool_size=values.get("pool_size", cls.pool_size),
+            max_overflow=values.get("max_overflow", cls.max_overflow),
+        )
 
 
 def create_app_engine(url: URL | None = None, settings: EngineSettings | None = None) -> Engine:
     """An engine for ``url`` (default: :func:`~pgvector_base.database.resolve_url`), web-app pool.
 
     ``pool_pre_ping`` tests each connection as it is checked out, so a server restart or a dropped
-    connection costs one reconnect instead of a failed request.
+    connection costs one reconnect instead of a failed request. The URL's driver is replaced by
+    ``settings.driver``.
     """
     settings = settings or EngineSettings.from_env()
     return create_engine(
-        url or resolve_url(),
+        (url or resolve_url()).set(drivername=f"postgresql+{settings.driver}"),
         pool_pre_ping=True,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,

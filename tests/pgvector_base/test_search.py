@@ -11,24 +11,47 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pgvector import Vector
 from pgvector.sqlalchemy import HALFVEC, VECTOR
-from sqlalchemy import BigInteger, Engine, Index, event, select, text
+from sqlalchemy import BigInteger, Engine, Index, String, Text, create_engine, event, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from app.models import EMBEDDING_DIM, Base, Product
 from pgvector_base.database import DatabaseConfigError
 from pgvector_base.loading import load
 from pgvector_base.search import Distance, NoIndexError, SearchSettings, VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine, session_factory
+from tests.conftest import CreateDatabase
 
 PRODUCTS = 2000
+EMBEDDING_DIM = 384
 ITEMS = 5000
 ITEM_DIM = 16
 
 
 class SearchBase(DeclarativeBase):
     """Test-only models: several indexes, types and access methods on small vectors."""
+
+
+class Product(SearchBase):
+    """A typical searched table: text, and an embedding with a cosine HNSW index."""
+
+    __tablename__ = "search_product"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[list[float] | None] = mapped_column(VECTOR(EMBEDDING_DIM))
+
+    __table_args__ = (
+        Index(
+            "ix_search_product_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+    )
 
 
 class Item(SearchBase):
@@ -66,9 +89,20 @@ class Item(SearchBase):
 
 
 @pytest.fixture(scope="module")
-def engine(migrated_database_url: URL) -> Iterator[Engine]:
+def database_url(create_database: CreateDatabase) -> URL:
+    """The module's own database, with the vector extension."""
+    url = create_database()
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: URL) -> Iterator[Engine]:
     """The module's database, with products and items loaded and analyzed."""
-    engine = create_app_engine(migrated_database_url)
+    engine = create_app_engine(database_url)
     rng = np.random.default_rng(6)
     products = rng.standard_normal((PRODUCTS, EMBEDDING_DIM), dtype=np.float32).tolist()
     items = rng.random((ITEMS, ITEM_DIM), dtype=np.float32).tolist()
@@ -76,7 +110,7 @@ def engine(migrated_database_url: URL) -> Iterator[Engine]:
     with engine.begin() as connection:
         load(
             connection,
-            Base.metadata.tables["product"],
+            SearchBase.metadata.tables["search_product"],
             ((i, f"product {i}", "", vector) for i, vector in enumerate(products, 1)),
         )
         load(
@@ -123,14 +157,14 @@ def plan(engine: Engine, run: Callable[[], object]) -> str:
 def test_nearest_uses_the_index(engine: Engine, session: Session) -> None:
     search = VectorSearch(Product, Product.embedding)
     query = stored(session, Product.embedding, 7)
-    assert "Index Scan using ix_product_embedding_hnsw" in plan(
+    assert "Index Scan using ix_search_product_embedding" in plan(
         engine, lambda: search.nearest(session, query, 10)
     )
 
 
 def test_neighbors_of_uses_the_index(engine: Engine, session: Session) -> None:
     search = VectorSearch(Product, Product.embedding)
-    assert "Index Scan using ix_product_embedding_hnsw" in plan(
+    assert "Index Scan using ix_search_product_embedding" in plan(
         engine, lambda: search.neighbors_of(session, 7, 10)
     )
 
@@ -171,7 +205,7 @@ def test_a_distance_no_index_serves_is_refused() -> None:
         VectorSearch(Product, Product.embedding, Distance.L2)
     assert str(refused.value) == (
         "no index on Product.embedding serves l2 distance (<->), so the query would scan the "
-        "whole table; its indexes: ix_product_embedding_hnsw (hnsw, cosine <=>)"
+        "whole table; its indexes: ix_search_product_embedding (hnsw, cosine <=>)"
     )
 
 
@@ -209,9 +243,9 @@ def test_settings_apply_to_the_query(session: Session) -> None:
 
 
 def test_settings_reach_neither_the_transaction_nor_the_next_checkout(
-    migrated_database_url: URL,
+    database_url: URL,
 ) -> None:
-    engine = create_app_engine(migrated_database_url, EngineSettings(pool_size=1, max_overflow=0))
+    engine = create_app_engine(database_url, EngineSettings(pool_size=1, max_overflow=0))
     sessions = session_factory(engine)
     search = VectorSearch(Product, Product.embedding)
     settings = SearchSettings(ef_search=4, max_scan_tuples=100, iterative_scan="strict_order")
@@ -263,7 +297,7 @@ def test_pending_changes_survive_a_search_with_settings(engine: Engine, session:
 
 def test_a_query_of_the_wrong_size_is_refused(session: Session) -> None:
     search = VectorSearch(Product, Product.embedding)
-    with pytest.raises(ValueError, match=r"the query vector has 3 dimensions; .* has 1536"):
+    with pytest.raises(ValueError, match=r"the query vector has 3 dimensions; .* has 384"):
         search.nearest(session, [1.0, 2.0, 3.0])
 
 
@@ -302,3 +336,43 @@ def test_pool_settings_come_from_the_environment() -> None:
     assert settings == EngineSettings(pool_size=2, max_overflow=0)
     with pytest.raises(DatabaseConfigError, match="DATABASE_MAX_OVERFLOW must be a whole number"):
         EngineSettings.from_env({"DATABASE_MAX_OVERFLOW": "-1"})
+
+
+def sent_query(engine: Engine, run: Callable[[], object]) -> Any:
+    """The query vector parameter of the k-NN statement that ``run`` sends."""
+    sent: list[Any] = []
+
+    def capture(*args: Any) -> None:
+        if "ORDER BY" in args[2]:
+            sent.append(args[3]["query"])
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    (query,) = sent
+    return query
+
+
+def test_both_drivers_find_the_same_neighbors_psycopg3_sending_binary(
+    engine: Engine, database_url: URL
+) -> None:
+    """psycopg 3 sends pgvector's binary format (as pgvector-python encodes it), psycopg2 text;
+    the server reads both as the same vector. A numpy query is taken as it is."""
+    search = VectorSearch(Product, Product.embedding)
+    text_engine = create_app_engine(database_url, EngineSettings(driver="psycopg2"))
+    try:
+        with session_factory(engine)() as binary, session_factory(text_engine)() as textual:
+            query = np.asarray(stored(binary, Product.embedding, 7), dtype=np.float32)
+            sent = sent_query(engine, lambda: search.nearest(binary, query, 10))
+            by_binary = search.nearest(binary, query, 10)
+            by_text = search.nearest(textual, query.tolist(), 10)
+            plan_text = plan(text_engine, lambda: search.nearest(textual, query.tolist(), 10))
+    finally:
+        text_engine.dispose()
+
+    assert sent.data == Vector(query).to_binary()
+    assert [n.item.id for n in by_binary] == [n.item.id for n in by_text]
+    assert [n.distance for n in by_binary] == pytest.approx([n.distance for n in by_text])
+    assert "Index Scan using ix_search_product_embedding" in plan_text

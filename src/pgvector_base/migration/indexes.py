@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 MEMORY_SIZE = re.compile(r"\d+\s*(?:B|kB|MB|GB|TB)?")
 
 CURRENT_SETTING = text("SELECT current_setting(:name)")
-SET_SESSION = text("SELECT set_config(:name, :value, false)")
 INDEX_VALIDITY = text(
     """
     SELECT ix.indisvalid
@@ -145,7 +144,8 @@ def build_settings(
             if context.as_sql:
                 op.execute(f"RESET {name}")
             else:
-                op.get_bind().execute(SET_SESSION, {"name": name, "value": previous[name]})
+                value = str(previous[name]).replace("'", "''")
+                op.execute(f"SET {name} = '{value}'")
         if context.as_sql and settings:
             for statement in builds.statements():
                 op.execute(statement)
