@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,23 +19,24 @@ from pgvector_base.database import (
     resolve_url,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+from .revisions import Migrations
+
 # A password with every character that breaks naive handling: % (configparser), @ and : (URL).
 AWKWARD_PASSWORD = "p%ss@w:rd"
 ENCODED_AWKWARD_PASSWORD = "p%25ss%40w%3Ard"
+CREATE_WIDGET = 'op.create_table("widget", sa.Column("id", sa.BigInteger(), primary_key=True))'
 
 
-def run_alembic(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the ``alembic`` command of this environment from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+@pytest.fixture
+def migrations(tmp_path: Path) -> Migrations:
+    """Migrations of the test's own: one revision that creates a table."""
+    migrations = Migrations(tmp_path / "migrations")
+    migrations.add("widget", CREATE_WIDGET)
+    return migrations
+
+
+# An empty DATABASE_URL counts as unset.
+NO_DATABASE_URL = {DATABASE_URL_ENV: ""}
 
 
 def test_sources_are_tried_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +60,14 @@ def test_embedded_default_is_a_live_pgvector_server(monkeypatch: pytest.MonkeyPa
     assert (major, minor) >= (0, 8)
 
 
-@pytest.mark.parametrize("raw", ["postgres://u:p@db:5433/app", "postgresql://u:p@db:5433/app"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgres://u:p@db:5433/app",
+        "postgresql://u:p@db:5433/app",
+        "postgresql+psycopg://u:p@db:5433/app",
+    ],
+)
 def test_postgres_urls_get_the_psycopg2_driver(raw: str) -> None:
     url = parse_url(raw, "test")
     assert url.drivername == "postgresql+psycopg2"
@@ -110,33 +115,36 @@ def test_resolved_url_is_logged_once_with_the_password_masked(
     )
 
 
-def test_dburl_argument_with_awkward_password_reaches_the_database(database_url: URL) -> None:
+def test_dburl_argument_with_awkward_password_reaches_the_database(
+    migrations: Migrations, fresh_database_url: URL
+) -> None:
     """``-x dburl`` bypasses configparser, so ``%`` in an encoded password survives.
 
     The embedded server trusts local connections, so any password gets in; what is tested is
     that the URL arrives intact and that the password is never printed.
     """
-    url = database_url.set(password=AWKWARD_PASSWORD).render_as_string(hide_password=False)
+    url = fresh_database_url.set(password=AWKWARD_PASSWORD).render_as_string(hide_password=False)
     assert ENCODED_AWKWARD_PASSWORD in url
-    env = {key: value for key, value in os.environ.items() if key != DATABASE_URL_ENV}
-    result = run_alembic("-x", f"dburl={url}", "upgrade", "head", env=env)
+    result = migrations.run("-x", f"dburl={url}", "upgrade", "head", env=NO_DATABASE_URL)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
-    assert f"Database: {database_url.set(password='x').render_as_string()}" in output
+    assert f"Database: {fresh_database_url.set(password='x').render_as_string()}" in output
+    assert f"Running upgrade  -> {migrations.head}" in output
     assert AWKWARD_PASSWORD not in output
     assert ENCODED_AWKWARD_PASSWORD not in output
 
 
-def test_embedded_server_works_from_a_path_too_long_for_a_unix_socket(tmp_path: Path) -> None:
+def test_embedded_server_works_from_a_path_too_long_for_a_unix_socket(
+    migrations: Migrations, tmp_path: Path
+) -> None:
     pgdata = tmp_path / ("deeply-nested-checkout-" * 5) / ".pgdata"
     pgdata.parent.mkdir(parents=True)
     assert len(str(pgdata / ".s.PGSQL.5432")) > 108  # sun_path holds 108 bytes on Linux
-    env = {key: value for key, value in os.environ.items() if key != DATABASE_URL_ENV}
-    env[EMBEDDED_PGDATA_ENV] = str(pgdata)
+    env = {**NO_DATABASE_URL, EMBEDDED_PGDATA_ENV: str(pgdata)}
     try:
-        result = run_alembic("upgrade", "head", env=env)
+        result = migrations.run("upgrade", "head", env=env)
         assert result.returncode == 0, result.stderr
-        assert "Running upgrade  -> " in result.stderr
+        assert f"Running upgrade  -> {migrations.head}" in result.stderr
     finally:
         stop_embedded_server(pgdata)
 
