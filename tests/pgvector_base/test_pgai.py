@@ -484,7 +484,7 @@ def test_warns_when_no_vectorizer_writes_to_the_models_embedding_table(
     assert warnings(caplog) == [
         "public.blog_embedding_store is vectorizer_relationship's embedding table, but no "
         "vectorizer in the database writes to it: write op.create_vectorizer in a migration, "
-        "with this table as its destination (README: pgai vectorizers)"
+        "with this table as its destination (docs/pgai.md)"
     ]
 
     caplog.clear()

@@ -167,7 +167,7 @@ def dimension_mismatch(failure: Failure) -> str | None:
     return (
         f"cannot change {what}: rows already stored do not fit ({mismatch.group()}); "
         "the migration was rolled back. Embeddings of another size need a new column, "
-        'see the README, "Changing an embedding\'s dimensions"'
+        'see docs/autogenerate.md, "Changing an embedding\'s dimensions"'
     )
 
 

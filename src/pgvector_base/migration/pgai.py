@@ -210,7 +210,7 @@ class Exclusion:
             logger.warning(
                 "%s.%s is vectorizer_relationship's embedding table, but no vectorizer in the "
                 "database writes to it: write op.create_vectorizer in a migration, with this "
-                "table as its destination (README: pgai vectorizers)",
+                "table as its destination (docs/pgai.md)",
                 *key,
             )
 

@@ -1,6 +1,6 @@
 """Vector indexes built and dropped concurrently, as a migration on a table with data does it.
 
-The migrations here are written the way the README tells users to write them, with
+The migrations here are written the way docs/autogenerate.md tells users to write them, with
 ``pgvector_base.migration.indexes``; the last test shows autogenerate writing the same calls for a
 model that marks its index ``postgresql_concurrently=True``.
 """

@@ -3,7 +3,7 @@
 On an empty table the change is generated and applied as is: dependent indexes are dropped before
 the type change and created after it, and the downgrade mirrors that. On a table that holds
 vectors of the old size the upgrade fails in one line and leaves the database where it was; the
-README's re-embedding recipe is the way through, and is run here step by step.
+re-embedding recipe of docs/autogenerate.md is the way through, and is run here step by step.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_rows_of_the_old_size_stop_the_upgrade_with_one_line(
     expected = (
         "cannot change item.embedding to VECTOR(4): rows already stored do not fit "
         "(expected 4 dimensions, not 3); the migration was rolled back. Embeddings of another "
-        'size need a new column, see the README, "Changing an embedding\'s dimensions"'
+        'size need a new column, see docs/autogenerate.md, "Changing an embedding\'s dimensions"'
     )
 
     with pytest.raises(CommandError) as failure:
@@ -222,7 +222,7 @@ def downgrade() -> None:
 """
 
 
-def test_re_embedding_recipe_from_the_readme(project: Project) -> None:
+def test_re_embedding_recipe_from_the_guide(project: Project) -> None:
     def model(*, old: bool, new: bool, new_index: bool, new_required: bool = False) -> MetaData:
         metadata = MetaData()
         table = Table(
