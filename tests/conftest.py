@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
@@ -70,19 +69,6 @@ def fresh_database_url(create_database: CreateDatabase, monkeypatch: pytest.Monk
     """A database of its own for one test; ``DATABASE_URL`` names it during that test."""
     url = create_database()
     monkeypatch.setenv(DATABASE_URL_ENV, url.render_as_string(hide_password=False))
-    return url
-
-
-@pytest.fixture(scope="module")
-def migrated_database_url(create_database: CreateDatabase) -> URL:
-    """A database for the tests of one module, with the shipped migrations applied."""
-    url = create_database()
-    config = Config(str(REPOSITORY_ROOT / "alembic.ini"))
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-    engine.dispose()
     return url
 
 
