@@ -451,9 +451,9 @@ def _row_encoder(columns: list[Column[Any]], encoding: str) -> Encoder:
 
     This is the hot loop of a load. When every column has a fixed width (integers, booleans,
     vectors with dimensions), a row whose values have exactly the expected types (a vector as a
-    list or tuple) is packed by one ``struct`` call, which halves the cost of one call per field.
-    Every other row, including every bad one, goes through the field encoders, which say what is
-    wrong with it.
+    list or tuple) is packed by a few ``struct`` calls: one for the fields before each vector and
+    its header, one for the vector's values straight from its list. Every other row, including
+    every bad one, goes through the field encoders, which say what is wrong with it.
     """
     general = _field_by_field(columns, encoding)
     layouts = [_fixed_layout(column) for column in columns]
@@ -461,29 +461,65 @@ def _row_encoder(columns: list[Column[Any]], encoding: str) -> Encoder:
     if len(fixed) != len(layouts):
         return general
     width = len(fixed)
-    pack = struct.Struct(">h" + "".join(layout.format for layout in fixed)).pack
+    segments = _segments(fixed)
 
     def encode(row: Sequence[Any]) -> bytes:
         if type(row) not in ROW_TYPES or len(row) != width:
             return general(row)
+        parts: list[bytes] = []
         arguments: list[Any] = [width]
-        for value, (_, prefix, types, length) in zip(row, fixed, strict=True):
-            if type(value) not in types:
-                return general(row)
-            arguments += prefix
-            if length is None:
-                arguments.append(value)
-            # A vector one value short beside one a value long would still fill the struct.
-            elif len(value) == length:
-                arguments += value
-            else:
-                return general(row)
         try:
-            return pack(*arguments)
+            for head, fields, vector in segments:
+                for position, prefix, types in fields:
+                    value = row[position]
+                    if type(value) not in types:
+                        return general(row)
+                    arguments += prefix
+                    arguments.append(value)
+                if vector is None:
+                    parts.append(head.pack(*arguments))
+                    continue
+                position, prefix, values, length = vector
+                value = row[position]
+                # A vector one value short beside one a value long would fill one struct.
+                if type(value) not in ROW_TYPES or len(value) != length:
+                    return general(row)
+                arguments += prefix
+                parts.append(head.pack(*arguments))
+                parts.append(values.pack(*value))
+                arguments = []
         except (struct.error, OverflowError):
             return general(row)
+        return b"".join(parts)
 
     return encode
+
+
+class _Segment(NamedTuple):
+    """Fixed-width fields up to and including one vector (or the row's end)."""
+
+    head: struct.Struct  # the scalar fields and the vector's header
+    fields: list[tuple[int, tuple[int, ...], tuple[type, ...]]]  # position, prefix, types
+    vector: tuple[int, tuple[int, ...], struct.Struct, int] | None  # position, header, values
+
+
+def _segments(fixed: list[_Fixed]) -> list[_Segment]:
+    """The row's fields cut after each vector; the first segment starts with the field count."""
+    segments: list[_Segment] = []
+    head = ">h"
+    fields: list[tuple[int, tuple[int, ...], tuple[type, ...]]] = []
+    for position, layout in enumerate(fixed):
+        if layout.length is None:
+            head += layout.format
+            fields.append((position, layout.prefix, layout.types))
+            continue
+        header, _, values = layout.format.partition("HH")
+        vector = (position, layout.prefix, struct.Struct(">" + values), layout.length)
+        segments.append(_Segment(struct.Struct(head + header + "HH"), fields, vector))
+        head, fields = ">", []
+    if fields or not segments:
+        segments.append(_Segment(struct.Struct(head), fields, None))
+    return segments
 
 
 def _field_by_field(columns: list[Column[Any]], encoding: str) -> Encoder:
