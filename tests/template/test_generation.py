@@ -95,11 +95,15 @@ def test_defaults_give_the_template_renamed_after_its_folder_and_it_migrates(
 
 @pytest.mark.timeout(1800)
 def test_without_example_and_pgai_the_project_ci_passes_then_with_a_teams_models(
-    template: Path, tmp_path: Path, create_database: CreateDatabase, server_settings: dict[str, str]
+    template: Path,
+    shared_tmp_path: Path,
+    create_database: CreateDatabase,
+    server_settings: dict[str, str],
 ) -> None:
-    project = tmp_path / "acme"
+    project = shared_tmp_path / "acme"
     answers = {"project_name": "Acme Search", "include_example": "false", "include_pgai": "false"}
-    copier("copy", template, project, cwd=tmp_path, **answers)
+    copier("copy", template, project, cwd=shared_tmp_path, **answers)
+    commit_all(project, "Start from pgvector base")
     assert (project / "README.md").read_text().startswith("# Acme Search\n")
     assert 'name = "acme-search"' in (project / "pyproject.toml").read_text()
     for path in (*EXAMPLE_PATHS, "docs/pgai.md", "tests/pgvector_base/test_pgai.py"):
