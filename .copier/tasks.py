@@ -33,7 +33,7 @@ TEMPLATE_DATABASE = "pgvector_db"
 DATABASE_FILES = ("docker-compose.yaml", ".env.example", ".github/workflows/ci.yml")
 
 # What belongs to the example and to pgai: files and folders, [project.scripts] entries, the
-# names only the example imports in models.py, and the README option pgai's tests need.
+# names only the example imports in models.py, and the README's option that installs pgai.
 EXAMPLE_PATHS = (
     "src/app/cli.py",
     "tests/example",
@@ -283,10 +283,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None, root: Path = ROOT) -> int:
-    """Apply the answers given on the command line to the project at ``root``."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Apply the answers given on the command line to the project this script belongs to."""
     arguments = parse_arguments(argv)
-    plan = Plan(root)
+    plan = Plan(ROOT)
     try:
         if arguments.project_name is not None:
             rename(plan, arguments.project_name)
