@@ -305,6 +305,19 @@ class VectorSearch(Generic[ModelT]):
             .limit(bindparam("k", type_=Integer))
             .options(defer(attribute)),
         )
+        # The same query shape for keys and distances only, on the table's columns: no ORM
+        # entities to load (see nearest_keys).
+        mapper = inspect(model)
+        column = mapper.columns[attribute.key]
+        by_column = column.op(self.distance.value, return_type=Float)(
+            bindparam("query", type_=QueryVectorType(attribute.type))
+        ).label("distance")
+        self._keys_select = cast(
+            "Select[Any]",
+            select(*mapper.primary_key, by_column)
+            .order_by(by_column)
+            .limit(bindparam("k", type_=Integer)),
+        )
 
     def _choose_index(self, indexes: list[VectorIndex], distance: Distance | None) -> VectorIndex:
         where = f"{self.model.__name__}.{self.attribute.key}"
@@ -353,6 +366,30 @@ class VectorSearch(Generic[ModelT]):
         self._check_dimensions(query)
         return self._run(session, self.statement(where), {"query": query, "k": k}, settings)
 
+    def nearest_keys(
+        self,
+        session: Session,
+        query: QueryVector,
+        k: int = 10,
+        *,
+        where: Iterable[ColumnElement[bool]] = (),
+        settings: SearchSettings | None = None,
+    ) -> list[tuple[Any, float]]:
+        """``(primary key, distance)`` of the ``k`` nearest rows, nearest first: :meth:`nearest`
+        without loading ORM objects, which costs a service less CPU per query.
+
+        The key is a tuple for a composite primary key.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        self._check_dimensions(query)
+        conditions = list(where)
+        statement = self._keys_select.where(*conditions) if conditions else self._keys_select
+        rows = self._rows(session, statement, {"query": query, "k": k}, settings, core=True)
+        composite = len(rows[0]) > 2 if rows else False
+        found = [(tuple(row[:-1]) if composite else row[0], row[-1]) for row in rows]
+        return sorted(found, key=lambda pair: pair[1])
+
     def neighbors_of(
         self,
         session: Session,
@@ -395,24 +432,42 @@ class VectorSearch(Generic[ModelT]):
         parameters: dict[str, Any],
         settings: SearchSettings | None,
     ) -> list[Neighbor[ModelT]]:
-        index_settings = settings.parameters(self.index) if settings else {}
-        if index_settings:
-            # begin_nested() flushes pending changes first, so rolling the savepoint back
-            # undoes nothing but the settings.
-            savepoint = session.begin_nested()
-            try:
-                set_local(session, index_settings)
-                rows = session.execute(statement, parameters).all()
-            finally:
-                savepoint.rollback()
-        else:
-            rows = session.execute(statement, parameters).all()
+        rows = self._rows(session, statement, parameters, settings, core=False)
         typed = cast("Sequence[tuple[ModelT, float, float | None]]", rows)
         # relaxed_order iterative scans may return rows slightly out of order (pgvector README).
         return sorted(
             (Neighbor(item, distance, similarity) for item, distance, similarity in typed),
             key=lambda neighbor: neighbor.distance,
         )
+
+    def _rows(
+        self,
+        session: Session,
+        statement: Select[Any],
+        parameters: dict[str, Any],
+        settings: SearchSettings | None,
+        *,
+        core: bool,
+    ) -> Sequence[Any]:
+        """The statement's rows, with ``settings`` for it alone; ``core`` runs it on the
+        session's connection, bypassing the ORM."""
+        index_settings = settings.parameters(self.index) if settings else {}
+
+        def execute() -> Sequence[Any]:
+            if core:
+                return session.connection().execute(statement, parameters).all()
+            return session.execute(statement, parameters).all()
+
+        if not index_settings:
+            return execute()
+        # begin_nested() flushes pending changes first, so rolling the savepoint back undoes
+        # nothing but the settings.
+        savepoint = session.begin_nested()
+        try:
+            set_local(session, index_settings)
+            return execute()
+        finally:
+            savepoint.rollback()
 
     def _similarity(self, distance: ColumnElement[float]) -> ColumnElement[Any]:
         if self.distance is Distance.COSINE:

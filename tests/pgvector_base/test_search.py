@@ -376,3 +376,21 @@ def test_both_drivers_find_the_same_neighbors_psycopg3_sending_binary(
     assert [n.item.id for n in by_binary] == [n.item.id for n in by_text]
     assert [n.distance for n in by_binary] == pytest.approx([n.distance for n in by_text])
     assert "Index Scan using ix_search_product_embedding" in plan_text
+
+
+def test_nearest_keys_is_nearest_without_objects_on_the_same_index(
+    engine: Engine, session: Session
+) -> None:
+    search = VectorSearch(Item, Item.embedding, Distance.COSINE)
+    query = stored(session, Item.embedding, 11)
+    where = [Item.category == 1]
+    settings = SearchSettings(ef_search=60, iterative_scan="strict_order")
+
+    keys = search.nearest_keys(session, query, 10, where=where, settings=settings)
+    neighbors = search.nearest(session, query, 10, where=where, settings=settings)
+
+    assert [key for key, _ in keys] == [n.item.id for n in neighbors]
+    assert [distance for _, distance in keys] == pytest.approx([n.distance for n in neighbors])
+    assert "Index Scan using ix_search_item_cosine" in plan(
+        engine, lambda: search.nearest_keys(session, query, 10, where=where, settings=settings)
+    )
