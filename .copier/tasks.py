@@ -283,10 +283,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Apply the answers given on the command line to the project this script belongs to."""
+def main(argv: Sequence[str] | None = None, root: Path = ROOT) -> int:
+    """Apply the answers given on the command line to the project at ``root``."""
     arguments = parse_arguments(argv)
-    plan = Plan(ROOT)
+    plan = Plan(root)
     try:
         if arguments.project_name is not None:
             rename(plan, arguments.project_name)
