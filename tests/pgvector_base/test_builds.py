@@ -61,8 +61,11 @@ def migrations(tmp_path: Path) -> Migrations:
             Server(128 * MB, 64 * MB, 2, True, 24 * 1024 * MB, 12 * 1024 * MB),
             {"maintenance_work_mem": "1024MB"},
         ),
-        # Nothing readable: memory taken as 4 x shared_buffers; /dev/shm unknown, left alone.
-        (Server(256 * MB, 64 * MB, 2, True, None, None), {"maintenance_work_mem": "384MB"}),
+        # Nothing readable: memory taken as 4 x shared_buffers, /dev/shm as Docker's 64MB.
+        (
+            Server(256 * MB, 64 * MB, 2, True, None, None),
+            {"maintenance_work_mem": "384MB", "max_parallel_maintenance_workers": "0"},
+        ),
         # Dynamic shared memory outside /dev/shm (sysv, mmap) has no tmpfs limit.
         (Server(128 * MB, 64 * MB, 2, False, 512 * MB, 64 * MB), {"maintenance_work_mem": "192MB"}),
         # A server already tuned above the budget is never lowered; its build made serial if

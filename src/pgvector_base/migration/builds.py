@@ -12,8 +12,8 @@ vectors of 384 dimensions. So each migration session raises it, sized for the se
   never lowered below the server's own value;
 * a parallel build puts all of ``maintenance_work_mem`` in ``/dev/shm`` (see
   :func:`pgvector_base.migration.errors.shared_memory_exhausted`): when that mount is smaller than
-  4/3 of it, as in Docker's default 64MB, the build is made serial
-  (``max_parallel_maintenance_workers = 0``) instead of failing.
+  4/3 of it, as in Docker's default 64MB (assumed when it cannot be read), the build is made
+  serial (``max_parallel_maintenance_workers = 0``) instead of failing.
 
 On the compose service (512MB limit, 64MB ``/dev/shm``, 128MB ``shared_buffers``) that is 192MB,
 serial: the backend stays well inside the limit. Each can be set per environment:
@@ -42,6 +42,7 @@ PARALLEL_WORKERS_ENV = "MIGRATION_MAX_PARALLEL_MAINTENANCE_WORKERS"
 SERVER = "server"
 MB = 1 << 20
 CEILING = 1024 * MB
+DOCKER_SHM = 64 * MB
 MEMORY_SIZE = re.compile(r"\d+\s*(?:B|kB|MB|GB|TB)")
 
 SERVER_SETTINGS = text(
@@ -83,12 +84,10 @@ def plan(server: Server) -> dict[str, str]:
     if budget > server.maintenance_work_mem:
         settings["maintenance_work_mem"] = f"{budget // MB}MB"
     size = max(budget, server.maintenance_work_mem)
-    if (
-        server.posix_shared_memory
-        and server.parallel_workers > 0
-        and server.shm is not None
-        and server.shm * 3 // 4 < size
-    ):
+    # Unknown, /dev/shm is taken to be Docker's default: a serial build that fits in memory is
+    # slower than a parallel one, but a parallel one that does not fit fails.
+    shm = server.shm if server.shm is not None else DOCKER_SHM
+    if server.posix_shared_memory and server.parallel_workers > 0 and shm * 3 // 4 < size:
         settings["max_parallel_maintenance_workers"] = "0"
     return settings
 
