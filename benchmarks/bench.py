@@ -515,7 +515,7 @@ def measure_builds(engine: Engine, url: URL, repeats: int) -> list[Build]:
             ]
             for name, method in turns[repeat % 2 :] + turns[: repeat % 2]:
                 seconds[name].append(timed_build(engine, method))
-        migration_settings = upgrade_settings(upgrade)
+    migration_settings = upgrade_settings(engine)
     return [
         Build(BUILD_DEFAULTS, defaults, Spread.of(seconds[BUILD_DEFAULTS])),
         Build(
@@ -616,13 +616,10 @@ def migrations(url: URL) -> Iterator[Callable[[], None]]:
         shutil.rmtree(directory)
 
 
-def upgrade_settings(upgrade: Callable[[], None]) -> str:
+def upgrade_settings(engine: Engine) -> str:
     """The settings the migration's session had, as the migration recorded them."""
-    url = os.environ[DATABASE_URL_ENV]
-    engine = create_engine(url, poolclass=NullPool)
     with engine.connect() as connection:
         memory, workers = connection.execute(text("SELECT * FROM build_settings")).one()
-    engine.dispose()
     return f"maintenance_work_mem = {memory}, max_parallel_maintenance_workers = {workers}"
 
 
