@@ -111,8 +111,10 @@ def test_without_example_and_pgai_the_project_ci_passes_then_with_a_teams_models
     assert "--with pgai" not in readme_command(project, "quickstart-test")
 
     # The project's CI: its README's test command as written (a fresh Poetry and virtualenv), then
-    # ruff, mypy and Squawk.
-    run(["bash", ".ci/run"], project, server_settings, timeout=1500)
+    # ruff, mypy and Squawk. Its pytest keeps its temporary files here: each pytest session run as
+    # root closes /tmp/pytest-of-root to other users, the embedded server's among them.
+    basetemp = {"PYTEST_ADDOPTS": f"--basetemp={shared_tmp_path / 'pytest'}"}
+    run(["bash", ".ci/run"], project, {**server_settings, **basetemp}, timeout=1500)
 
     python = project / ".venv" / "bin" / "python"
     add_team_models(project, python)
