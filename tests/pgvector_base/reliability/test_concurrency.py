@@ -87,6 +87,8 @@ def database_state(url: URL) -> tuple[list[str], list[str], bool]:
     return versions, steps, bool(valid)
 
 
+# Forty alembic processes start here; on two busy cores that alone can take minutes.
+@pytest.mark.timeout(900)
 def test_replicas_on_fresh_databases_apply_each_migration_once(
     migrations: Migrations, create_database: CreateDatabase
 ) -> None:
