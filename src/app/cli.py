@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
 from app.models import Base, Product
-from pgvector_base.database import DatabaseConfigError
+from pgvector_base.database import DatabaseConfigError, sqlstate
 from pgvector_base.loading import DEFAULT_BATCH_SIZE, BuildSettings, LoadError, SettingError, load
 from pgvector_base.migration.errors import describe
 from pgvector_base.search import SearchSettings, VectorSearch
@@ -220,7 +220,7 @@ def query_vector(text: str) -> list[float]:
 
 def database_error(error: DBAPIError, engine: Engine) -> str:
     """One line about an expected database failure; anything else is raised again."""
-    if getattr(error.orig, "pgcode", None) == UNDEFINED_TABLE:
+    if sqlstate(error.orig) == UNDEFINED_TABLE:
         return f"{str(error.orig).splitlines()[0]}; create the tables first: alembic upgrade head"
     message = describe(error, engine.url)
     if message is None:

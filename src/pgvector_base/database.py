@@ -124,6 +124,11 @@ def embedded_server_url() -> URL:
     return parse_url(server.get_uri(), "embedded server")
 
 
+def sqlstate(error: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver error: psycopg2 calls it ``pgcode``, psycopg 3 ``sqlstate``."""
+    return getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)
+
+
 def ensure_database(server_url: URL, name: str) -> None:
     """Create database ``name`` on the server of ``server_url`` unless it exists already.
 
@@ -139,7 +144,7 @@ def ensure_database(server_url: URL, name: str) -> None:
                 try:
                     connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
                 except (ProgrammingError, IntegrityError) as error:
-                    if getattr(error.orig, "pgcode", None) not in RACED_CREATE_DATABASE:
+                    if sqlstate(error.orig) not in RACED_CREATE_DATABASE:
                         raise
     finally:
         engine.dispose()

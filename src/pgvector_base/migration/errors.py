@@ -17,7 +17,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from pgvector_base.database import DatabaseConfigError
+from pgvector_base.database import DatabaseConfigError, sqlstate
 from pgvector_base.migration import timeouts
 
 # SQLSTATE codes, see https://www.postgresql.org/docs/current/errcodes-appendix.html
@@ -60,7 +60,7 @@ def reported(url: URL | None = None) -> Iterator[None]:
 def describe(error: DBAPIError, url: URL | None) -> str | None:
     """Explain ``error`` in one line, or return ``None`` if it is not an expected failure."""
     failure = Failure(
-        code=getattr(error.orig, "pgcode", None),
+        code=sqlstate(error.orig),
         text=str(error.orig),
         statement=error.statement,
         where=location(url),
@@ -207,10 +207,10 @@ def shared_memory_exhausted(failure: Failure) -> str | None:
         return None
     return (
         f"PostgreSQL at {failure.where} ran out of shared memory (/dev/shm) during a parallel "
-        "index build, which takes all of maintenance_work_mem; use less (pgvector-app load "
-        "--maintenance-work-mem 48MB), build without parallel workers "
-        "(max_parallel_maintenance_workers = 0), or give the server a larger /dev/shm "
-        "(shm_size in docker-compose.yaml)"
+        "index build, which takes all of maintenance_work_mem; use less (48MB: "
+        "MIGRATION_MAINTENANCE_WORK_MEM for migrations, BuildSettings for loads), build without "
+        "parallel workers (max_parallel_maintenance_workers = 0), or give the server a larger "
+        "/dev/shm (shm_size in docker-compose.yaml)"
     )
 
 

@@ -34,9 +34,9 @@ ROWS = 50
 DIMENSIONS = 1536
 ADVICE = (
     "ran out of shared memory (/dev/shm) during a parallel index build, which takes all of "
-    "maintenance_work_mem; use less (pgvector-app load --maintenance-work-mem 48MB), build "
-    "without parallel workers (max_parallel_maintenance_workers = 0), or give the server a larger "
-    "/dev/shm (shm_size in docker-compose.yaml)"
+    "maintenance_work_mem; use less (48MB: MIGRATION_MAINTENANCE_WORK_MEM for migrations, "
+    "BuildSettings for loads), build without parallel workers (max_parallel_maintenance_workers = "
+    "0), or give the server a larger /dev/shm (shm_size in docker-compose.yaml)"
 )
 CREATE_WIDGET = f"""
 op.create_table(
