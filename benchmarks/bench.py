@@ -22,7 +22,7 @@ On one table ``item (id bigint primary key, category int, embedding vector(dim))
 
 Every figure is the median of ``--repeats`` runs (at least 3) with their min and max; methods take
 turns, so whatever else the machine does slows them alike. Goals pass on the median. Results go
-to ``results.md`` and ``results.json`` next to this file (with ``--only``, to ``results-<part>.*``);
+to ``results.md`` and ``results.json`` next to this file (``--only`` prints and writes nothing);
 the exit status is 1 if a goal is missed.
 """
 

@@ -343,8 +343,12 @@ class _TableEncoder:
 
     def columns_of(self, values: Sequence[Any], first_line: int) -> bytes:
         """Rows given as one sequence per column, encoded by numpy when every value fits;
-        otherwise row by row, which names the first bad row."""
-        if self._gathered:
+        otherwise row by row, which names the first bad row.
+
+        numpy is used only if the caller has loaded it: a batch of plain lists needs no numpy.
+        """
+        ndarray = _ndarray_type()
+        if self._gathered and ndarray is not None:
             if self._layout is None:
                 from pgvector_base.arrays import Layout
 
@@ -353,7 +357,6 @@ class _TableEncoder:
             if encoded is not None:
                 return encoded
         # Python values, so that a message shows 6 where numpy would show np.int64(6).
-        ndarray = _ndarray_type()
         plain = [
             v.tolist() if ndarray is not None and isinstance(v, ndarray) and v.ndim == 1 else v
             for v in values

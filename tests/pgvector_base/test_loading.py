@@ -581,7 +581,7 @@ def test_a_bad_numpy_row_is_named_like_any_other(engine: Engine, vector: Any, me
     assert count(engine) == 0
 
 
-def test_numpy_is_not_imported_for_rows_of_lists(database_url: str) -> None:
+def test_numpy_is_not_imported_for_rows_or_column_batches_of_lists(database_url: str) -> None:
     script = f"""
 import sys
 from pgvector.sqlalchemy import HALFVEC, VECTOR
@@ -594,6 +594,10 @@ packed = Table(
 )
 with create_engine({database_url!r}).connect() as connection:
     copy_rows(connection, packed, [(100, 1, True, [0.5] * {DIM}, [0.5] * {DIM})])
+    batch = dict(id=[101], small=[2], flag=[False], dense=[[0.25] * {DIM}], half=[[0.25] * {DIM}])
+    copy_rows(connection, packed, [batch])
+    stored = "SELECT array_agg(id ORDER BY id) FROM loading_packed"
+    print(connection.exec_driver_sql(stored).scalar())
     connection.rollback()
 print("numpy" in sys.modules)
 """
@@ -601,7 +605,7 @@ print("numpy" in sys.modules)
         [sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert done.stdout.split() == ["[100,", "101]", "False"]
 
 
 def test_psycopg3_connections_load_the_same_bytes_and_report_build_notices(
