@@ -69,7 +69,8 @@ def register_operations() -> None:
             f"pgai is installed but its Alembic operations cannot be imported ({error}); "
             f"run `{INSTALL_HINT}`"
         ) from None
-    register_pgai_operations()  # type: ignore[no-untyped-call]
+    # Typed only where pgai is installed; without the pgai group it is Any and the ignore is unused.
+    register_pgai_operations()  # type: ignore[no-untyped-call, unused-ignore]
     Operations.implementation_for(DropVectorizerOp, replace=True)(drop_vectorizer)
 
 
