@@ -347,8 +347,7 @@ class VectorSearch(Generic[ModelT]):
         Execute it with the parameters ``query`` (the vector) and ``k``. The vector column itself
         is deferred: results rarely need it, and it is the largest value of the row.
         """
-        conditions = list(where)
-        return self._select.where(*conditions) if conditions else self._select
+        return _filtered(self._select, where)
 
     def nearest(
         self,
@@ -361,10 +360,7 @@ class VectorSearch(Generic[ModelT]):
     ) -> list[Neighbor[ModelT]]:
         """The ``k`` rows nearest to ``query`` that match every ``where`` condition, nearest
         first."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
-        self._check_dimensions(query)
-        return self._run(session, self.statement(where), {"query": query, "k": k}, settings)
+        return self._run(session, self.statement(where), self._parameters(query, k), settings)
 
     def nearest_keys(
         self,
@@ -380,12 +376,8 @@ class VectorSearch(Generic[ModelT]):
 
         The key is a tuple for a composite primary key.
         """
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
-        self._check_dimensions(query)
-        conditions = list(where)
-        statement = self._keys_select.where(*conditions) if conditions else self._keys_select
-        rows = self._rows(session, statement, {"query": query, "k": k}, settings, core=True)
+        statement = _filtered(self._keys_select, where)
+        rows = self._rows(session, statement, self._parameters(query, k), settings, core=True)
         composite = len(rows[0]) > 2 if rows else False
         found = [(tuple(row[:-1]) if composite else row[0], row[-1]) for row in rows]
         return sorted(found, key=lambda pair: pair[1])
@@ -476,7 +468,10 @@ class VectorSearch(Generic[ModelT]):
             return (distance * -1).label("similarity")
         return null().label("similarity")
 
-    def _check_dimensions(self, query: QueryVector) -> None:
+    def _parameters(self, query: QueryVector, k: int) -> dict[str, Any]:
+        """The statement's parameters, once ``k`` and the query's dimensions are checked."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
         size = (
             query.dimensions()
             if isinstance(query, Vector | HalfVector | SparseVector)
@@ -487,6 +482,13 @@ class VectorSearch(Generic[ModelT]):
                 f"the query vector has {size} dimensions; "
                 f"{self.model.__name__}.{self.attribute.key} has {self.dimensions}"
             )
+        return {"query": query, "k": k}
+
+
+def _filtered(statement: Select[Any], where: Iterable[ColumnElement[bool]]) -> Select[Any]:
+    """``statement`` with every condition of ``where`` added."""
+    conditions = list(where)
+    return statement.where(*conditions) if conditions else statement
 
 
 def _describe(indexes: list[VectorIndex]) -> str:
