@@ -19,6 +19,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import IO
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -128,14 +129,17 @@ class Migrations:
             timeout=ALEMBIC_TIMEOUT,
         )
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        """Start ``alembic ARGS`` without waiting; output is collected for ``communicate()``."""
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, stderr: IO[str] | int = subprocess.PIPE
+    ) -> subprocess.Popen[str]:
+        """Start ``alembic ARGS`` without waiting; output is collected for ``communicate()``,
+        or its log goes to ``stderr`` (a file the test can read while it runs)."""
         return subprocess.Popen(
             self.command(*args),
             cwd=REPOSITORY_ROOT,
             env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             text=True,
         )
 

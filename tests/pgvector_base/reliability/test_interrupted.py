@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from alembic import command
@@ -53,6 +54,7 @@ AT_THE_GATE = (
     "AND ltrim(query, E' \\n') LIKE 'DO $$%' AND state = 'active'"
 )
 WAIT_LIMIT = 60.0
+WAITING = "Another migration run holds the migration lock; waiting up to"
 
 
 def poll(check: Callable[[], T | None], what: str) -> T:
@@ -129,7 +131,7 @@ def test_killed_migration_leaves_the_previous_revision_and_reruns(
 
 
 def test_run_started_before_the_server_rolled_back_waits_for_it(
-    migrations: Migrations, fresh_database_url: URL
+    migrations: Migrations, fresh_database_url: URL, tmp_path: Path
 ) -> None:
     """The killed run's statement lasts until the run that follows is waiting for the lock.
 
@@ -138,24 +140,24 @@ def test_run_started_before_the_server_rolled_back_waits_for_it(
     """
     command.upgrade(migrations.config(), migrations.add("widget", CREATE_WIDGET))
     head = migrations.add("slow", SLOW_MIGRATION)
-    with gate_closed(fresh_database_url):
-        backend = kill_at_the_gate(migrations, fresh_database_url)
-        rerun = migrations.start("upgrade", "head", env={"MIGRATION_DDL_LOCK_TIMEOUT": "500ms"})
-        # A waiting run polls pg_try_advisory_lock, which pg_stat_activity shows as its last
-        # query; a run that did not wait has ended by itself, and is judged below.
-        trying = (
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            f"AND query LIKE 'SELECT pg_try_advisory_lock%' AND pid <> {backend}"
+    log = tmp_path / "rerun.log"
+    with log.open("w") as stderr, gate_closed(fresh_database_url):
+        kill_at_the_gate(migrations, fresh_database_url)
+        rerun = migrations.start(
+            "upgrade", "head", env={"MIGRATION_DDL_LOCK_TIMEOUT": "500ms"}, stderr=stderr
         )
+        # The second run logs WAITING as soon as its first try for the migration lock fails; a
+        # run that did not wait has ended by itself, and is judged below.
         poll(
-            lambda: first_value(fresh_database_url, trying) or rerun.poll(),
-            "the second run to try the migration lock",
+            lambda: True if WAITING in log.read_text() else rerun.poll(),
+            "the second run to wait for the migration lock",
         )
     try:
-        stdout, stderr = rerun.communicate(timeout=WAIT_LIMIT)
+        rerun.communicate(timeout=WAIT_LIMIT)
     except subprocess.TimeoutExpired:
         rerun.kill()
         raise
-    assert rerun.returncode == 0, stdout + stderr
-    assert "Another migration run holds the migration lock; waiting up to" in stderr
+    output = log.read_text()
+    assert rerun.returncode == 0, output
+    assert WAITING in output
     assert schema(fresh_database_url)[0] == [head]
