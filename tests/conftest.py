@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -70,6 +70,16 @@ def fresh_database_url(create_database: CreateDatabase, monkeypatch: pytest.Monk
     url = create_database()
     monkeypatch.setenv(DATABASE_URL_ENV, url.render_as_string(hide_password=False))
     return url
+
+
+@pytest.fixture(scope="module")
+def vector_engine(create_database: CreateDatabase) -> Iterator[Engine]:
+    """An engine on a database of the test module's own, with the ``vector`` extension."""
+    engine = create_engine(create_database(), poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

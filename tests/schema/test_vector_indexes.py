@@ -9,13 +9,11 @@ of another type), so this finds them before a migration does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Index, create_engine, text
-from sqlalchemy.engine import URL, Dialect
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine, Index, text
+from sqlalchemy.engine import Dialect
 
 from app.models import Base
 
@@ -55,19 +53,9 @@ def declared_operator_classes(index: Index) -> list[str | None]:
     return [ops.get(getattr(expression, "name", None)) for expression in index.expressions]
 
 
-@pytest.fixture(scope="module")
-def engine(create_database: Callable[[], URL]) -> Iterator[Engine]:
-    """A database of its own, with pgvector, for the models' tables."""
-    engine = create_engine(create_database(), poolclass=NullPool)
-    with engine.begin() as connection:
-        connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.parametrize("index", vector_indexes())
-def test_vector_index_builds_as_declared(engine: Engine, index: Index) -> None:
-    with engine.connect() as connection:
+def test_vector_index_builds_as_declared(vector_engine: Engine, index: Index) -> None:
+    with vector_engine.connect() as connection:
         Base.metadata.create_all(connection)
         valid, method, options, operator_classes = connection.execute(
             BUILT_INDEX, {"name": qualified_name(index, connection.dialect)}

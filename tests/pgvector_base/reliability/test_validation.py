@@ -6,7 +6,7 @@ number of dimensions, it reports a problem exactly when PostgreSQL refuses to cr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,9 @@ import pytest
 from alembic import command
 from alembic.util import CommandError
 from pgvector.sqlalchemy import BIT, HALFVEC, SPARSEVEC, VECTOR
-from sqlalchemy import BigInteger, Column, Engine, Index, MetaData, Table, cast, create_engine, text
+from sqlalchemy import BigInteger, Column, Engine, Index, MetaData, Table, cast
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 
 from pgvector_base.migration.validation import check_pgvector_version, model_problems
 
@@ -81,16 +80,6 @@ def halfvec_cast_index(dimensions: int) -> MetaData:
     return metadata
 
 
-@pytest.fixture(scope="module")
-def engine(create_database: Callable[[], URL]) -> Iterator[Engine]:
-    """A database with pgvector, where each case's tables are created and rolled back."""
-    engine = create_engine(create_database(), poolclass=NullPool)
-    with engine.begin() as connection:
-        connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.parametrize(
     "metadata",
     [
@@ -120,8 +109,10 @@ def engine(create_database: Callable[[], URL]) -> Iterator[Engine]:
         for dimensions in (3072, 4001)
     ],
 )
-def test_model_problems_are_what_pgvector_refuses(engine: Engine, metadata: MetaData) -> None:
-    with engine.connect() as connection:
+def test_model_problems_are_what_pgvector_refuses(
+    vector_engine: Engine, metadata: MetaData
+) -> None:
+    with vector_engine.connect() as connection:
         try:
             metadata.create_all(connection)
             refused = False
