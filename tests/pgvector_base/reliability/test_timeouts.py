@@ -138,7 +138,9 @@ def test_long_statement_is_canceled_and_rolled_back(
     assert scalars(fresh_database_url, "SELECT to_regclass('widget')::text") == [None]
 
 
-def test_a_timeout_that_is_no_duration_is_one_line(migrations: Migrations) -> None:
+def test_a_timeout_that_is_no_duration_is_one_line(
+    migrations: Migrations, fresh_database_url: URL
+) -> None:
     result = migrations.run("upgrade", "head", env={STATEMENT: "5 minutes"})
     assert failed_line(result) == (
         "FAILED: MIGRATION_STATEMENT_TIMEOUT='5 minutes' is not a duration; use a number with an "
