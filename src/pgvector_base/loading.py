@@ -38,6 +38,7 @@ from sqlalchemy import BigInteger, Boolean, Column, Integer, SmallInteger, Strin
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, StatementError
 
+from pgvector_base.database import sqlstate
 from pgvector_base.session import set_local
 
 if TYPE_CHECKING:
@@ -752,7 +753,7 @@ def _apply(connection: Connection, build: BuildSettings) -> None:
             set_local(connection, {name: value})
         except DBAPIError as error:
             orig: Any = error.orig
-            if _sqlstate(orig) != INVALID_PARAMETER_VALUE:
+            if sqlstate(orig) != INVALID_PARAMETER_VALUE:
                 raise
             hint = f"; {orig.diag.message_hint}" if orig.diag.message_hint else ""
             raise SettingError(name, f"{orig.diag.message_primary}{hint}") from None
@@ -797,11 +798,6 @@ def _notice_collector(notices: list[str]) -> Callable[[psycopg.errors.Diagnostic
 
 def _is_driver_error(error: BaseException) -> bool:
     return isinstance(error, psycopg2.Error | psycopg.Error)
-
-
-def _sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE of a psycopg2 or psycopg 3 error."""
-    return getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)
 
 
 def _as_sqlalchemy_error(error: Exception, statement: str) -> StatementError:

@@ -45,7 +45,7 @@ ALEMBIC_INI = REPOSITORY_ROOT / "alembic.ini"
 # pgai's generated embedding classes carry a `registry` attribute, which SQLAlchemy warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:Attribute name 'registry':sqlalchemy.exc.SAWarning")
 
-# The page's blog example as README "pgai vectorizers" shows it (the page misses a comma).
+# The blog example of pgai's Alembic page, as docs/pgai.md shows it (the page misses a comma).
 BLOG_VECTORIZER = '''\
 """Embed blog posts with pgai's vectorizer."""
 
