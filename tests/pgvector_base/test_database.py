@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +184,55 @@ def stop_embedded_server(pgdata: Path) -> None:
     # A server this process started is cached with the mode database.py gave it (keep running).
     server.cleanup_mode = "delete"
     server.cleanup()
+
+
+# Each process imports everything, says it is ready, then waits for the go file: they all call
+# embedded_server_url() within about a millisecond of each other.
+START_TOGETHER = """
+import sys, time
+from pathlib import Path
+from pgvector_base.database import embedded_server_url
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.0005)
+print(embedded_server_url().render_as_string())
+"""
+STARTERS = 6
+
+
+def test_processes_starting_the_embedded_server_at_once_all_get_it(tmp_path: Path) -> None:
+    """The test workers of a fresh clone (``pytest -n auto``) all start it at the same moment."""
+    pgdata = tmp_path / ".pgdata"
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{number}" for number in range(STARTERS)]
+    env = {**os.environ, **NO_DATABASE_URL, EMBEDDED_PGDATA_ENV: str(pgdata)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", START_TOGETHER, str(flag), str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(flag.exists() for flag in ready):
+            assert time.monotonic() < deadline, "the processes never got ready"
+            assert all(process.poll() is None for process in processes), "a process died early"
+            time.sleep(0.01)
+        go.touch()
+        outputs = [process.communicate(timeout=120) for process in processes]
+        failed = [
+            stderr
+            for process, (_, stderr) in zip(processes, outputs, strict=True)
+            if process.returncode
+        ]
+        assert not failed, failed[0][-2000:]
+        assert len({stdout for stdout, _ in outputs}) == 1  # one server, one URL
+    finally:
+        for process in processes:
+            process.kill()
+        stop_embedded_server(pgdata)
