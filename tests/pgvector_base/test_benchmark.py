@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 BENCH = REPOSITORY_ROOT / "benchmarks" / "bench.py"
 RESULTS = REPOSITORY_ROOT / "benchmarks" / "results.md"
-TOY = ["--rows", "5000", "--dim", "32", "--queries", "20", "--duration", "1", "--clients", "1"]
+TOY = ["--rows", "20000", "--dim", "32", "--queries", "20", "--duration", "1", "--clients", "1"]
 
 # Each part's table rows and goals that its output must show.
 EXPECTED = {
