@@ -429,34 +429,32 @@ def measure_loads(
             connection.execute(text("VACUUM (FREEZE, ANALYZE) staging"))
         sample = data.lists[:SAMPLE_ROWS]
         rows = len(data.lists)
-        methods: list[tuple[str, int, Engine, Callable[[Connection], object]]] = [
-            (
-                FILE_COPY,
+        methods: dict[str, tuple[int, Engine, Callable[[Connection], object]]] = {
+            FILE_COPY: (
                 rows,
                 engine,
                 lambda c: c.execute(text(f"COPY item FROM '{path}' (FORMAT binary)")),
             ),
-            (
-                INSERT_SELECT,
+            INSERT_SELECT: (
                 rows,
                 engine,
                 lambda c: c.execute(text("INSERT INTO item SELECT * FROM staging")),
             ),
-            (COLUMNS, rows, engine, lambda c: copy_rows(c, table, data.columns)),
-            (NUMPY_ROWS, rows, engine, lambda c: copy_rows(c, table, data.numpy_rows)),
-            (LISTS, rows, engine, lambda c: copy_rows(c, table, data.lists)),
-            (COLUMNS_PSYCOPG3, rows, app, lambda c: copy_rows(c, table, data.columns)),
-            (ORM, len(sample), engine, lambda c: orm_add_all(c, model, sample)),
-            ("executemany INSERT", len(sample), engine, lambda c: executemany(c, table, sample)),
-            ("text COPY", len(sample), engine, lambda c: text_copy(c, sample)),
-        ]
-        seconds: dict[str, list[float]] = {name: [] for name, *_ in methods}
+            COLUMNS: (rows, engine, lambda c: copy_rows(c, table, data.columns)),
+            NUMPY_ROWS: (rows, engine, lambda c: copy_rows(c, table, data.numpy_rows)),
+            LISTS: (rows, engine, lambda c: copy_rows(c, table, data.lists)),
+            COLUMNS_PSYCOPG3: (rows, app, lambda c: copy_rows(c, table, data.columns)),
+            ORM: (len(sample), engine, lambda c: orm_add_all(c, model, sample)),
+            "executemany INSERT": (len(sample), engine, lambda c: executemany(c, table, sample)),
+            "text COPY": (len(sample), engine, lambda c: text_copy(c, sample)),
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in methods}
         for repeat in range(repeats):
-            # Each method goes first in turn.
-            turn = repeat % len(methods)
-            for name, _, method_engine, load in methods[turn:] + methods[:turn]:
+            for name, (_, method_engine, load) in in_turn(methods, repeat):
                 seconds[name].append(timed_load(engine, method_engine, load))
-    rates = {name: count / statistics.median(seconds[name]) for name, count, *_ in methods}
+    rates = {
+        name: count / statistics.median(seconds[name]) for name, (count, *_) in methods.items()
+    }
     return [
         Load(
             name,
@@ -466,7 +464,7 @@ def measure_loads(
             rates[name] / rates[FILE_COPY],
             rates[name] / rates[INSERT_SELECT],
         )
-        for name, count, *_ in methods
+        for name, (count, *_) in methods.items()
     ]
 
 
@@ -529,15 +527,14 @@ def measure_builds(engine: Engine, url: URL, repeats: int) -> list[Build]:
     defaults = ", ".join(f"{name} = {value}" for name, value in server_settings(engine).items())
     tuned = BuildSettings().parameters()
     seconds = {BUILD_DEFAULTS: [timed_build(engine, lambda: build(engine, {}))]}
-    seconds[BUILD_TUNED] = []
-    seconds[BUILD_ALEMBIC] = []
     with migrations(url) as upgrade:
+        turns: dict[str, Callable[[], object]] = {
+            BUILD_TUNED: lambda: build(engine, tuned),
+            BUILD_ALEMBIC: upgrade,
+        }
+        seconds.update({name: [] for name in turns})
         for repeat in range(repeats):
-            turns = [
-                (BUILD_TUNED, lambda: build(engine, tuned)),
-                (BUILD_ALEMBIC, upgrade),
-            ]
-            for name, method in turns[repeat % 2 :] + turns[: repeat % 2]:
+            for name, method in in_turn(turns, repeat):
                 seconds[name].append(timed_build(engine, method))
     migration_settings = upgrade_settings(engine)
     return [
@@ -856,16 +853,14 @@ def measure_throughput(
     with pgbench_scripts(app, search, queries, args.k) as scripts:
         for repeat in range(args.repeats):
             for clients_count in clients:
-                turns: list[tuple[str, Callable[[], tuple[float, list[float]]]]] = [
-                    ("app", partial(app_clients, url, model, queries, args, clients_count)),
-                    (
-                        "keys",
-                        partial(app_clients, url, model, queries, args, clients_count, keys=True),
+                turns: dict[str, Callable[[], tuple[float, list[float]]]] = {
+                    "app": partial(app_clients, url, model, queries, args, clients_count),
+                    "keys": partial(
+                        app_clients, url, model, queries, args, clients_count, keys=True
                     ),
-                    ("pgbench", partial(pgbench, url, scripts, args.duration, clients_count)),
-                ]
-                turn = repeat % len(turns)
-                for name, method in turns[turn:] + turns[:turn]:
+                    "pgbench": partial(pgbench, url, scripts, args.duration, clients_count),
+                }
+                for name, method in in_turn(turns, repeat):
                     found.setdefault((name, clients_count), []).append(method())
     results = []
     for clients_count in clients:
