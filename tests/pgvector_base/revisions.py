@@ -64,6 +64,27 @@ def downgrade() -> None:
 '''
 
 
+def revision_source(
+    message: str,
+    revision: str,
+    down_revision: str | None,
+    *,
+    upgrade: str,
+    downgrade: str = "pass",
+    imports: str = "",
+) -> str:
+    """A revision file's text: ``upgrade`` and ``downgrade`` are function bodies (dedented here),
+    ``imports`` adds import lines."""
+    return REVISION_TEMPLATE.format(
+        message=message,
+        imports=imports,
+        revision=revision,
+        down_revision=down_revision,
+        upgrade=textwrap.indent(textwrap.dedent(upgrade).strip(), "    "),
+        downgrade=textwrap.indent(textwrap.dedent(downgrade).strip(), "    "),
+    )
+
+
 class Migrations:
     """A migrations directory of a test's own under ``directory``, with its ``alembic.ini``."""
 
@@ -88,18 +109,10 @@ class Migrations:
         (self.directory / "models.py").write_text(textwrap.dedent(source))
 
     def add(self, message: str, upgrade: str, downgrade: str = "pass", imports: str = "") -> str:
-        """Write a revision after the current head (the first has none); return its id.
-
-        ``upgrade`` and ``downgrade`` are function bodies; ``imports`` adds import lines.
-        """
+        """Write a revision after the current head (the first has none); return its id."""
         revision = uuid.uuid4().hex[:12]
-        source = REVISION_TEMPLATE.format(
-            message=message,
-            imports=imports,
-            revision=revision,
-            down_revision=self.head,
-            upgrade=textwrap.indent(textwrap.dedent(upgrade).strip(), "    "),
-            downgrade=textwrap.indent(textwrap.dedent(downgrade).strip(), "    "),
+        source = revision_source(
+            message, revision, self.head, upgrade=upgrade, downgrade=downgrade, imports=imports
         )
         (self.versions / f"{revision}_{message.replace(' ', '_')}.py").write_text(source)
         self.head = revision

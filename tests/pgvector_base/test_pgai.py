@@ -34,6 +34,8 @@ from pgvector_base.migration.errors import location
 from pgvector_base.migration.pgai import Exclusion, register_operations
 from pgvector_base.migration.rendering import register_vector_types
 
+from .revisions import revision_source
+
 pgai = pytest.importorskip(
     "pgai", reason="pgai is not installed; its tests need `poetry install --with pgai`"
 )
@@ -82,31 +84,15 @@ def downgrade() -> None:
     op.drop_vectorizer(name="blog_content_embedder", drop_all=True)  # type: ignore[attr-defined]
 '''
 
-MIGRATION = '''\
-"""{message}"""
-
-from alembic import op
+# What the hand-written revisions below use of pgai's configuration classes.
+VECTORIZER_IMPORTS = """\
 from pgai.vectorizer.configuration import (
     ChunkingNoneConfig,
     DestinationColumnConfig,
     DestinationTableConfig,
     EmbeddingOpenaiConfig,
     LoadingColumnConfig,
-)
-
-revision = {revision!r}
-down_revision = {down_revision!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-{upgrade}
-
-
-def downgrade() -> None:
-{downgrade}
-'''
+)"""
 
 # As if pgai were not installed: `import pgai` raises ImportError, `find_spec("pgai")` is None.
 BLOCK = "import sys; sys.modules[{module!r}] = None\n"
@@ -222,12 +208,13 @@ def write_migration(config: Config, revision: str, upgrade: str, downgrade: str)
     """Write a hand-written migration after ``revision - 1`` (revisions are "0001", "0002", ...)."""
     down_revision = f"{int(revision) - 1:04d}"
     (versions(config) / f"{revision}_pgai.py").write_text(
-        MIGRATION.format(
-            message=f"pgai {revision}",
-            revision=revision,
-            down_revision=down_revision,
-            upgrade=textwrap.indent(textwrap.dedent(upgrade).strip(), "    "),
-            downgrade=textwrap.indent(textwrap.dedent(downgrade).strip(), "    "),
+        revision_source(
+            f"pgai {revision}",
+            revision,
+            down_revision,
+            upgrade=upgrade,
+            downgrade=downgrade,
+            imports=VECTORIZER_IMPORTS,
         )
     )
 
