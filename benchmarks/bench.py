@@ -711,8 +711,8 @@ def compare(
                 answers[name].latencies.append(time.perf_counter() - started)
                 answers[name].ids.append([neighbor.item.id for neighbor in neighbors])
                 session.expunge_all()
-                # The last line of EXPLAIN ANALYZE: "Execution Time: 1.234 ms".
-                answers[name].server.append(execution_time(session, search, query, k, where)[1])
+                _, execution = server_times(session, search, query, k, where)
+                answers[name].server.append(execution)
     exact = answers[methods[0][0]]
     return [summary(name, answers[name], exact, k) for name, _ in methods]
 
@@ -743,7 +743,7 @@ def in_turn(methods: dict[str, T], number: int) -> list[tuple[str, T]]:
     return items[start:] + items[:start]
 
 
-def execution_time(
+def server_times(
     session: Session,
     search: VectorSearch[Item],
     query: list[float],
@@ -794,7 +794,7 @@ def measure_overhead(
                 method(query)
                 timings[name].append(time.perf_counter() - started)
             session.expunge_all()
-            plan, run = execution_time(session, search, query, k, [])
+            plan, run = server_times(session, search, query, k, [])
             planning.append(plan)
             execution.append(run)
     server = statistics.median(execution)
