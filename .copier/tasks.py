@@ -5,6 +5,9 @@ it also works by hand, in a clone or in a generated project::
 
     python3 .copier/tasks.py --include-example=false
 
+In a clone, it also deletes the template's own files, which Copier leaves out of a generated
+project: the clone becomes the project that ``copier copy`` with the same answers would have made.
+
 Each step turns the template's text into what an answer asks for, and finds nothing left to do the
 second time, so replaying it on an update changes nothing more. Every file is checked before any is
 written, so a refusal leaves the project as it was. Standard library only: it runs before the
@@ -31,6 +34,11 @@ TEMPLATE_DISTRIBUTION = 'name = "pgvector-base"'
 TEMPLATE_COMPOSE_PROJECT = "name: pgvector-base"
 TEMPLATE_DATABASE = "pgvector_db"
 DATABASE_FILES = ("docker-compose.yaml", ".env.example", ".github/workflows/ci.yml")
+
+# The template's own files: its Copier settings, the template of the answers file, and its tests
+# of generation, which would fail in a project (they generate from its working tree). Copier's
+# `_exclude` keeps them out of a generated project; a clone has them until this script runs.
+TEMPLATE_ONLY_PATHS = ("copier.yml", "{{ _copier_conf.answers_file }}.jinja", "tests/template")
 
 # What belongs to the example and to pgai: files and folders, [project.scripts] entries, the
 # names only the example imports in models.py, and the README's option that installs pgai.
@@ -268,7 +276,10 @@ def boolean(value: str) -> bool:
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; an option left out leaves that part of the project as it is."""
     parser = argparse.ArgumentParser(
-        description="Apply Copier's answers: name the project, remove the example or pgai."
+        description=(
+            "Apply Copier's answers: name the project, remove the example or pgai; "
+            "in a clone, also remove the template's own files."
+        )
     )
     parser.add_argument(
         "--project-name",
@@ -284,9 +295,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None, root: Path = ROOT) -> int:
-    """Apply the answers given on the command line to the project at ``root``."""
+    """Apply the answers given on the command line to the project at ``root``, and make it a
+    project: without the template's own files."""
     arguments = parse_arguments(argv)
     plan = Plan(root)
+    for relpath in TEMPLATE_ONLY_PATHS:
+        plan.remove(relpath)
     try:
         if arguments.project_name is not None:
             rename(plan, arguments.project_name)

@@ -78,6 +78,15 @@ def working_tree_files(root: Path = REPOSITORY_ROOT) -> list[str]:
     return sorted({name for name in listed.split("\0") if name and (root / name).is_file()})
 
 
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` but git's own, and its content."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and ".git" not in path.relative_to(root).parts[:1]
+    }
+
+
 def copy_files(names: Sequence[str], source: Path, destination: Path) -> None:
     """Copy the files ``names`` from ``source`` to ``destination``, keeping their modes."""
     for name in names:

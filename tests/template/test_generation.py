@@ -3,7 +3,8 @@
 Three projects: the defaults (the template renamed after its folder, migrated, schema tests
 passing); one without the example and pgai, named "Acme Search", whose own CI (``.ci/run``, i.e.
 its README's test command, ruff, mypy and Squawk) passes with a fresh install, then with a team's
-models; and one generated at an earlier version, given models of its own, then updated.
+models; and one generated at an earlier version, given models of its own, then updated. And a
+clone after the task script, compared file by file with what Copier makes from the same answers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.template.projects import (
     copy_files,
     project_settings,
     run,
+    snapshot,
     working_tree_files,
 )
 
@@ -92,6 +94,29 @@ def test_defaults_give_the_template_renamed_after_its_folder_and_it_migrates(
     alembic(project, database, "upgrade", "head")
     assert "No new upgrade operations detected" in alembic(project, database, "check").stdout
     schema_tests(project, server_settings)
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [{}, {"project_name": "Acme Search", "include_example": "false", "include_pgai": "false"}],
+    ids=["defaults", "without-example-and-pgai"],
+)
+def test_a_clone_after_the_task_script_is_the_project_copier_makes(
+    template: Path, tmp_path: Path, answers: dict[str, str]
+) -> None:
+    """The README's path for a clone (the task script by hand) ends where Copier's does: without
+    the template's own files, whose tests of generation would fail on a team's models."""
+    project = tmp_path / "vector-shop"
+    copier("copy", template, project, cwd=tmp_path, **answers)
+    clone = tmp_path / "clone"
+    copy_files(working_tree_files(template), template, clone)
+    arguments = {"project_name": project.name, **answers}
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in arguments.items()]
+    run([sys.executable, ".copier/tasks.py", *options], clone)
+
+    generated = snapshot(project)
+    del generated[".copier-answers.yml"]
+    assert snapshot(clone) == generated
 
 
 @pytest.mark.timeout(1800)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPOSITORY_ROOT
-from tests.template.projects import copy_files, run, working_tree_files
+from tests.template.projects import copy_files, run, snapshot, working_tree_files
 
 TASKS = Path(".copier/tasks.py")
 REMOVED_PATHS = (
@@ -21,6 +21,9 @@ REMOVED_PATHS = (
     "tests/example",
     "docs/example.md",
     "tests/pgvector_base/test_pgai.py",
+    "copier.yml",
+    "{{ _copier_conf.answers_file }}.jinja",
+    "tests/template",
 )
 ANSWERS = "include_example: true\ninclude_pgai: true\nproject_name: pgvector base\n"
 
@@ -30,11 +33,6 @@ def clone(tmp_path: Path) -> Path:
     """The working tree's files, as a fresh clone of the template has them."""
     copy_files(working_tree_files(), REPOSITORY_ROOT, tmp_path)
     return tmp_path
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` and its content."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def tasks(root: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
