@@ -1,0 +1,1 @@
+"""Real projects' schemas, each taken through the README's migration workflow."""
