@@ -21,7 +21,10 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
+import psycopg2
+from psycopg2.extensions import parse_dsn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
@@ -36,6 +39,13 @@ DRIVER = "psycopg2"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 # duplicate_database, or unique_violation on pg_database when two CREATE DATABASE run at once.
 RACED_CREATE_DATABASE = {"42P04", "23505"}
+MASK = "***"
+# libpq's connection options that hold a password: a URL may carry them in its query.
+SECRET_QUERY_KEYS = ("password", "sslpassword")
+ENCODE_THE_PASSWORD = (
+    "URL-encode the password's special characters (@ as %40, : as %3A, / as %2F, % as %25, "
+    "& as %26)"
+)
 
 
 class DatabaseConfigError(Exception):
@@ -47,15 +57,24 @@ def resolve_url(cli_url: str | None = None, ini_url: str | None = None) -> URL:
 
     ``cli_url`` is ``alembic -x dburl=...`` and ``ini_url`` is ``sqlalchemy.url`` from
     ``alembic.ini``; both are optional so the application and the tests can call this bare.
+    A blank ``DATABASE_URL`` or ``-x dburl=`` is refused: falling back to the embedded server
+    would migrate another database than the one meant. ``alembic.ini``'s is empty by default.
     """
-    for source, raw in (
-        (DATABASE_URL_ENV, os.environ.get(DATABASE_URL_ENV)),
-        ("-x dburl", cli_url),
-        ("sqlalchemy.url in alembic.ini", ini_url),
+    for source, raw, blank_is_unset in (
+        (DATABASE_URL_ENV, os.environ.get(DATABASE_URL_ENV), False),
+        ("-x dburl", cli_url, False),
+        ("sqlalchemy.url in alembic.ini", ini_url, True),
     ):
-        if raw and raw.strip():
-            url = parse_url(raw.strip(), source)
-            break
+        if raw is None or (blank_is_unset and not raw.strip()):
+            continue
+        if not raw.strip():
+            raise DatabaseConfigError(
+                f"{source} is set but empty; set it to "
+                "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or remove it to use the next "
+                "setting or the embedded server"
+            )
+        url = parse_url(raw.strip(), source)
+        break
     else:
         source, url = "embedded server", embedded_url()
     logger.info("Database: %s (from %s)", display(url), source)
@@ -66,12 +85,18 @@ def parse_url(raw: str, source: str) -> URL:
     """Parse ``raw`` into a psycopg2 PostgreSQL URL; ``source`` names the setting in error messages.
 
     ``postgres://`` (Heroku style) and ``postgresql://`` are accepted and given the psycopg2 driver.
+    No message quotes ``raw`` or a part of it that could be a piece of the password.
     """
     try:
         url = make_url(raw)
     except ArgumentError:
         raise DatabaseConfigError(
             f"{source} is not a database URL; expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    except ValueError:  # the port is not a number: often a password with a raw ':' and '@'
+        raise DatabaseConfigError(
+            f"{source} has a port that is not a number (or a password with a raw '@'); "
+            f"{ENCODE_THE_PASSWORD}"
         ) from None
     backend, _, driver = url.drivername.partition("+")
     if backend not in {"postgres", "postgresql"}:
@@ -86,14 +111,57 @@ def parse_url(raw: str, source: str) -> URL:
             f"{source} asks for the driver '{driver}', which is not installed; "
             f"use postgresql:// or postgresql+{DRIVER}://"
         )
+    # The password ends at the first '@', so the rest of a password with a raw '@' lands in the
+    # host or the database name, where it would be shown: refuse it before any message names them.
+    if "@" in (url.host or "") or "@" in (url.database or ""):
+        raise DatabaseConfigError(f"{source} has more than one '@'; {ENCODE_THE_PASSWORD}")
+    if url.port is not None and not 0 < url.port < 2**16:
+        raise DatabaseConfigError(f"{source} has a port outside 1-65535; fix the port")
+    # A password with a raw '&' in ``?password=`` leaves its tail as an option of its own, which
+    # libpq would quote back when it refuses it: refuse unknown options without naming them.
+    if not all(map(is_libpq_option, url.query)):
+        raise DatabaseConfigError(
+            f"{source} has an option after '?' that libpq does not know; check the options' "
+            f"names, and {ENCODE_THE_PASSWORD}"
+        )
     if not url.database:
         raise DatabaseConfigError(f"{source} names no database; add /DATABASE to the URL")
     return url.set(drivername=f"postgresql+{DRIVER}")
 
 
+def is_libpq_option(name: str) -> bool:
+    """Whether libpq has a connection option ``name`` (``sslmode``, ``options``, ...)."""
+    try:
+        parse_dsn(f"{name}=x")
+    except psycopg2.ProgrammingError:
+        return False
+    return True
+
+
 def display(url: URL) -> str:
-    """Render ``url`` for messages and logs, with the password masked."""
-    return url.render_as_string(hide_password=True)
+    """Render ``url`` for messages and logs, with the password masked, in the user info or in
+    the query (``?password=...``)."""
+    masked = {key: MASK for key in SECRET_QUERY_KEYS if key in url.query}
+    rendered = url.update_query_dict(masked).render_as_string(hide_password=True)
+    return rendered.replace(f"={quote_plus(MASK)}", f"={MASK}")
+
+
+def secrets(url: URL) -> set[str]:
+    """The passwords ``url`` carries, as written and URL-encoded."""
+    values = [url.password, *(url.query.get(key) for key in SECRET_QUERY_KEYS)]
+    found: set[str] = set()
+    for value in values:
+        for secret in [value] if isinstance(value, str) else value or ():
+            if secret:
+                found |= {secret, quote(secret, safe=""), quote_plus(secret)}
+    return found
+
+
+def scrub(text: str, url: URL | None) -> str:
+    """``text`` (a driver's message) with every password of ``url`` masked."""
+    for secret in sorted(secrets(url) if url is not None else (), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
 
 
 def embedded_url() -> URL:

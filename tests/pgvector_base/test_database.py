@@ -20,8 +20,10 @@ from pgvector_base.database import (
     EMBEDDED_DATABASE,
     EMBEDDED_PGDATA_ENV,
     DatabaseConfigError,
+    display,
     parse_url,
     resolve_url,
+    scrub,
 )
 
 from .revisions import Migrations
@@ -61,10 +63,6 @@ def migrations(tmp_path: Path) -> Migrations:
     return migrations
 
 
-# An empty DATABASE_URL counts as unset.
-NO_DATABASE_URL = {DATABASE_URL_ENV: ""}
-
-
 @pytest.mark.usefixtures("embedded_default")
 def test_sources_are_tried_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATABASE_URL_ENV, "postgresql://env@h/env")
@@ -72,7 +70,18 @@ def test_sources_are_tried_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DATABASE_URL_ENV)
     assert resolve_url("postgresql://cli@h/cli", "postgresql://ini@h/ini").database == "cli"
     assert resolve_url(None, "postgresql://ini@h/ini").database == "ini"
-    assert resolve_url("", "  ").database == EMBEDDED_DATABASE
+    assert resolve_url(None, "  ").database == EMBEDDED_DATABASE  # alembic.ini's default
+
+
+@pytest.mark.usefixtures("embedded_default")
+def test_blank_settings_are_refused_not_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blank setting is a mistake (an unset shell variable in a script): falling back to the
+    next setting or the embedded server would migrate another database than the one meant."""
+    with pytest.raises(DatabaseConfigError, match=r"^-x dburl is set but empty; "):
+        resolve_url("", "postgresql://ini@h/ini")
+    monkeypatch.setenv(DATABASE_URL_ENV, " ")
+    with pytest.raises(DatabaseConfigError, match=r"^DATABASE_URL is set but empty; "):
+        resolve_url("postgresql://cli@h/cli")
 
 
 @pytest.mark.usefixtures("embedded_default")
@@ -130,6 +139,28 @@ def test_unusable_urls_are_refused_with_the_setting_named(raw: str, message: str
     assert "p@" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("postgresql://u:Quokka7@db/app", "postgresql+psycopg2://u:***@db/app"),
+        (
+            "postgresql:///app?host=db&user=u&password=Quokka7",
+            "postgresql+psycopg2:///app?host=db&password=***&user=u",
+        ),
+        (
+            "postgresql://u@db/app?sslpassword=Quokka7&sslmode=verify-full",
+            "postgresql+psycopg2://u@db/app?sslmode=verify-full&sslpassword=***",
+        ),
+    ],
+)
+def test_every_password_of_a_url_is_masked(raw: str, shown: str) -> None:
+    url = parse_url(raw, "DATABASE_URL")
+    assert display(url) == shown
+    assert scrub('FATAL: no such user "u" (password Quokka7)', url) == (
+        'FATAL: no such user "u" (password ***)'
+    )
+
+
 def test_resolved_url_is_logged_once_with_the_password_masked(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -143,7 +174,7 @@ def test_resolved_url_is_logged_once_with_the_password_masked(
 
 
 def test_dburl_argument_with_awkward_password_reaches_the_database(
-    migrations: Migrations, fresh_database_url: URL
+    migrations: Migrations, fresh_database_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``-x dburl`` bypasses configparser, so ``%`` in an encoded password survives.
 
@@ -152,7 +183,8 @@ def test_dburl_argument_with_awkward_password_reaches_the_database(
     """
     url = fresh_database_url.set(password=AWKWARD_PASSWORD).render_as_string(hide_password=False)
     assert ENCODED_AWKWARD_PASSWORD in url
-    result = migrations.run("-x", f"dburl={url}", "upgrade", "head", env=NO_DATABASE_URL)
+    monkeypatch.delenv(DATABASE_URL_ENV)
+    result = migrations.run("-x", f"dburl={url}", "upgrade", "head")
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert f"Database: {fresh_database_url.set(password='x').render_as_string()}" in output
@@ -162,14 +194,14 @@ def test_dburl_argument_with_awkward_password_reaches_the_database(
 
 
 def test_embedded_server_works_from_a_path_too_long_for_a_unix_socket(
-    migrations: Migrations, tmp_path: Path
+    migrations: Migrations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pgdata = tmp_path / ("deeply-nested-checkout-" * 5) / ".pgdata"
     pgdata.parent.mkdir(parents=True)
     assert len(str(pgdata / ".s.PGSQL.5432")) > 108  # sun_path holds 108 bytes on Linux
-    env = {**NO_DATABASE_URL, EMBEDDED_PGDATA_ENV: str(pgdata)}
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
     try:
-        result = migrations.run("upgrade", "head", env=env)
+        result = migrations.run("upgrade", "head", env={EMBEDDED_PGDATA_ENV: str(pgdata)})
         assert result.returncode == 0, result.stderr
         assert f"Running upgrade  -> {migrations.head}" in result.stderr
     finally:
@@ -206,7 +238,8 @@ def test_processes_starting_the_embedded_server_at_once_all_get_it(tmp_path: Pat
     pgdata = tmp_path / ".pgdata"
     go = tmp_path / "go"
     ready = [tmp_path / f"ready-{number}" for number in range(STARTERS)]
-    env = {**os.environ, **NO_DATABASE_URL, EMBEDDED_PGDATA_ENV: str(pgdata)}
+    env = {**os.environ, EMBEDDED_PGDATA_ENV: str(pgdata)}
+    env.pop(DATABASE_URL_ENV, None)
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", START_TOGETHER, str(flag), str(go)],

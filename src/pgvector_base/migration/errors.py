@@ -2,22 +2,25 @@
 
 Alembic prints a :class:`~alembic.util.CommandError` as a single ``FAILED: ...`` line with no
 traceback, so each known failure is re-raised as one. Messages are built from the URL with its
-password masked, never from the raw connection string. Anything unexpected keeps its traceback.
+password masked, never from the raw connection string, and the driver's own words are quoted only
+with every password of the URL masked. Anything unexpected keeps its traceback.
 """
 
 from __future__ import annotations
 
+import configparser
 import re
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import takewhile
 
 from alembic.util import CommandError
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from pgvector_base.database import DatabaseConfigError, sqlstate
+from pgvector_base.database import DatabaseConfigError, scrub, sqlstate
 from pgvector_base.migration import timeouts
 
 # SQLSTATE codes, see https://www.postgresql.org/docs/current/errcodes-appendix.html
@@ -33,6 +36,7 @@ STRING_DATA_LENGTH_MISMATCH = "22026"
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 DISK_FULL = "53100"
+DEPENDENT_OBJECTS_STILL_EXIST = "2BP01"
 
 # pgvector's complaint about a vector of the wrong size, and PostgreSQL's about a bit string.
 DIMENSION_MISMATCH = re.compile(
@@ -43,13 +47,31 @@ ALTER_COLUMN_TYPE = re.compile(
 )
 
 
+INTERRUPTED = (
+    "interrupted (Ctrl-C); the migration's open transaction was rolled back; "
+    "`alembic current` shows the revision the database is at: run the command again to go on"
+)
+
+
 @contextmanager
 def reported(url: URL | None = None) -> Iterator[None]:
-    """Re-raise expected failures inside the block as a one-line ``CommandError`` about ``url``."""
+    """Re-raise expected failures inside the block as a one-line ``CommandError`` about ``url``.
+
+    Ctrl-C is one of them: by the time it gets here, leaving the block has rolled back the
+    transaction it interrupted.
+    """
     try:
         yield
     except DatabaseConfigError as error:
         raise CommandError(str(error)) from None
+    except configparser.InterpolationError as error:
+        # configparser's own message quotes the value: the URL and its password.
+        raise CommandError(
+            f"{error.option} in alembic.ini has a '%' that configparser cannot read; "
+            "write each % as %% (a password's %40 as %%40), or set DATABASE_URL instead"
+        ) from None
+    except KeyboardInterrupt:
+        raise CommandError(INTERRUPTED) from None
     except DBAPIError as error:
         message = describe(error, url)
         if message is None:
@@ -61,10 +83,11 @@ def describe(error: DBAPIError, url: URL | None) -> str | None:
     """Explain ``error`` in one line, or return ``None`` if it is not an expected failure."""
     failure = Failure(
         code=sqlstate(error.orig),
-        text=str(error.orig),
+        text=scrub(str(error.orig), url),
         statement=error.statement,
         where=location(url),
-        user=url.username if url is not None else "?",
+        # libpq also takes the user from the query (?user=app).
+        user=(url.username or first_value(url.query.get("user"))) if url is not None else "?",
         database=url.database if url is not None else "?",
     )
     for explain in EXPLANATIONS:
@@ -153,6 +176,36 @@ def unreachable(failure: Failure) -> str | None:
     )
 
 
+def connection_failed(failure: Failure) -> str | None:
+    """Any other failure to connect: libpq refused an option (``sslmode=require`` on a server
+    without SSL, a port out of range in the query, an unknown option) before any statement ran."""
+    if failure.code is not None or failure.statement is not None:
+        return None
+    return (
+        f"cannot connect to PostgreSQL at {failure.where} (database '{failure.database}'): "
+        f"{first_line(failure.text)}; check the host, port and options (such as sslmode) "
+        "in DATABASE_URL"
+    )
+
+
+def dependent_objects(failure: Failure) -> str | None:
+    """A ``DROP`` (a downgrade's ``DROP SCHEMA``, say) that objects outside the migrations need.
+
+    PostgreSQL's ``DETAIL`` names them; ``CASCADE`` is not suggested, as it drops them too.
+    """
+    if failure.code != DEPENDENT_OBJECTS_STILL_EXIST:
+        return None
+    first, *rest = failure.text.strip().splitlines()
+    # DETAIL lists one object a line; HINT, which follows it, suggests CASCADE.
+    details = takewhile(lambda line: not line.startswith(("HINT:", "CONTEXT:")), rest)
+    named = "; ".join(line.removeprefix("DETAIL:").strip() for line in details)
+    found = f" ({shorten(named)})" if named else ""
+    return (
+        f"{first}{found}; the migration was rolled back. Those objects are not this "
+        "migration's: move or drop them yourself if they may go, then run it again"
+    )
+
+
 def dimension_mismatch(failure: Failure) -> str | None:
     """A column type change that stored rows of another dimension cannot follow."""
     mismatch = DIMENSION_MISMATCH.search(failure.text)
@@ -221,6 +274,8 @@ EXPLANATIONS: tuple[Callable[[Failure], str | None], ...] = (
     extension_not_allowed,
     pgai_missing,
     unreachable,
+    connection_failed,
+    dependent_objects,
     dimension_mismatch,
     timed_out,
     shared_memory_exhausted,
@@ -233,13 +288,21 @@ def shorten(statement: str) -> str:
 
 
 def location(url: URL | None) -> str:
-    """``host:port`` of ``url``, or the socket directory for a local (unix socket) connection."""
+    """``host:port`` of ``url``, or the socket directory for a local (unix socket) connection.
+
+    libpq takes both from the query too (``?host=/run/postgresql``, ``?host=db&port=5433``).
+    """
     if url is None:
         return "the configured server"
-    socket_dir = url.query.get("host")
-    if url.host is None and socket_dir:
-        return f"socket {socket_dir if isinstance(socket_dir, str) else socket_dir[0]}"
-    return f"{url.host or 'localhost'}:{url.port or 5432}"
+    host = url.host or first_value(url.query.get("host"))
+    if host is not None and host.startswith("/"):
+        return f"socket {host}"
+    return f"{host or 'localhost'}:{url.port or first_value(url.query.get('port')) or 5432}"
+
+
+def first_value(value: str | tuple[str, ...] | None) -> str | None:
+    """The first of a URL query's values for one key (a key may be given more than once)."""
+    return value if value is None or isinstance(value, str) else value[0]
 
 
 UNREACHABLE_MARKERS = (
