@@ -767,7 +767,7 @@ def measure_overhead(
     """
     statement = search.statement()
     # nearest()'s SQL and its constant (the 1 of 1 - distance), which psycopg runs with the vector
-    # in binary and prepares after 5 runs, as it does for nearest().
+    # in binary and unprepared, as it does for nearest().
     compiled = statement.compile(dialect=app.dialect)
     sql, constants = str(compiled), {**compiled.params, "k": k}
     timings: dict[str, list[float]] = {name: [] for name in (DRIVER, KEYS, NEAREST)}

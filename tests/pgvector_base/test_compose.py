@@ -115,3 +115,41 @@ def test_compose_implies_the_url_that_env_example_documents(with_env_file: bool)
         "compose",
     )
     assert implied == parse_url(env_example()["DATABASE_URL"], ".env.example")
+
+
+def test_pooler_is_pgbouncer_in_transaction_mode_only_when_asked_for() -> None:
+    services = compose()["services"]
+    pooler, db = services["pooler"], services["db"]
+    # Off unless `docker compose --profile pooler` asks for it; the database needs no profile.
+    assert pooler["profiles"] == ["pooler"]
+    assert "profiles" not in db
+    assert interpolate(pooler["image"], {}).startswith("edoburu/pgbouncer:")
+    environment = pooler["environment"]
+    assert environment["POOL_MODE"] == "transaction"
+    assert environment["DB_HOST"] in services
+    assert pooler["depends_on"] == {environment["DB_HOST"]: {"condition": "service_healthy"}}
+    # The pooler logs in with the database service's own credentials.
+    assert environment["DB_USER"] == db["environment"]["POSTGRES_USER"]
+    assert environment["DB_PASSWORD"] == db["environment"]["POSTGRES_PASSWORD"]
+    assert interpolate(environment["DEFAULT_POOL_SIZE"], {}) == "20"
+    (port,) = pooler["ports"]
+    assert interpolate(port, {}) == "127.0.0.1:6432:5432"
+    assert pooler["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+
+
+@pytest.mark.parametrize("with_env_file", [False, True], ids=["defaults", "env.example"])
+def test_compose_pooler_implies_the_pooled_url_that_env_example_documents(
+    with_env_file: bool,
+) -> None:
+    settings = env_example() if with_env_file else {}
+    services = compose()["services"]
+    db = {
+        name: interpolate(value, settings) for name, value in services["db"]["environment"].items()
+    }
+    host_port = interpolate(services["pooler"]["ports"][0], settings).split(":")[1]
+    pooled = (
+        f"postgresql://{db['POSTGRES_USER']}:{db['POSTGRES_PASSWORD']}"
+        f"@localhost:{host_port}/{db['POSTGRES_DB']}"
+    )
+    documented = re.findall(r"^#\s+DATABASE_URL=(\S+)$", ENV_EXAMPLE.read_text(), re.MULTILINE)
+    assert pooled in documented
