@@ -32,7 +32,7 @@ from sqlalchemy.pool import NullPool
 from pgvector_base import pgai_setup
 from pgvector_base.migration.errors import location
 from pgvector_base.migration.pgai import Exclusion, register_operations
-from pgvector_base.migration.rendering import register_vector_types
+from pgvector_base.migration.rendering import register_types
 
 from .revisions import revision_source
 
@@ -222,7 +222,7 @@ def write_migration(config: Config, revision: str, upgrade: str, downgrade: str)
 def compare_all_schemas(engine: Engine, metadata: MetaData) -> list[Any]:
     """Autogenerate's differences with ``include_schemas=True`` and the template's pgai hooks."""
     with engine.connect() as connection:
-        register_vector_types(connection.dialect)
+        register_types(connection.dialect)
         exclusion = Exclusion(metadata, connection)
         context = MigrationContext.configure(
             connection,

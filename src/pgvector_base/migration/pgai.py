@@ -94,10 +94,12 @@ def drop_vectorizer(operations: Operations, operation: DropVectorizerOp) -> None
 class Catalog:
     """What the database's vectorizers own, as ``ai.vectorizer`` lists it.
 
-    ``tables``: (schema, name) of each embedding table, view and queue table; ``columns``:
-    (schema, table, column) of each embedding column a column destination added.
+    ``installed``: whether the database has pgai's catalog, and so whether its ``ai`` schema is
+    pgai's; ``tables``: (schema, name) of each embedding table, view and queue table;
+    ``columns``: (schema, table, column) of each embedding column a column destination added.
     """
 
+    installed: bool
     tables: frozenset[tuple[str, str]]
     columns: frozenset[tuple[str, str, str]]
 
@@ -106,7 +108,8 @@ def read_catalog(connection: Connection) -> Catalog:
     """Read :class:`Catalog` from ``ai.vectorizer``; empty where pgai is not installed."""
     tables: set[tuple[str, str]] = set()
     columns: set[tuple[str, str, str]] = set()
-    if connection.scalar(CATALOG_EXISTS_SQL):
+    installed = bool(connection.scalar(CATALOG_EXISTS_SQL))
+    if installed:
         for row in connection.execute(CATALOG_SQL):
             destination = row.destination
             tables.update(
@@ -117,7 +120,7 @@ def read_catalog(connection: Connection) -> Catalog:
             else:
                 tables.add((destination["target_schema"], destination["target_table"]))
                 tables.add((destination["view_schema"], destination["view_name"]))
-    return Catalog(frozenset(tables), frozenset(columns))
+    return Catalog(installed, frozenset(tables), frozenset(columns))
 
 
 @dataclass
@@ -125,7 +128,9 @@ class Exclusion:
     """Alembic's ``include_name`` and ``include_object`` hooks that leave pgai's objects alone.
 
     Model side: the tables ``vectorizer_relationship`` generates, in any schema. Database side:
-    whatever ``ai.vectorizer`` lists, read on the first comparison, and the ``ai`` schema.
+    whatever ``ai.vectorizer`` lists, read on the first comparison. The ``ai`` schema, on both
+    sides, only where the database has pgai's catalog: elsewhere ``ai`` is a schema like any
+    other, which models of other frameworks use too.
     """
 
     metadata: MetaData
@@ -165,7 +170,7 @@ class Exclusion:
         self, name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames
     ) -> bool:
         """Leave pgai's ``ai`` schema out of reflection (with ``include_schemas=True``)."""
-        return not (type_ == "schema" and name == AI_SCHEMA)
+        return not (type_ == "schema" and name == AI_SCHEMA and self.catalog.installed)
 
     def include_object(
         self,
@@ -191,7 +196,7 @@ class Exclusion:
         """Whether pgai owns ``table``: it is in pgai's schema, catalog or generated models."""
         schema, name = self.key(table)
         return (
-            schema == AI_SCHEMA
+            (schema == AI_SCHEMA and self.catalog.installed)
             or (schema, name) in self.catalog.tables
             or name in self.model_tables
         )

@@ -1,4 +1,4 @@
-"""Autogenerate never writes a migration that loses stored vectors, or that rows would stop.
+"""Autogenerate never writes a migration that loses stored data, or that rows would stop.
 
 Embeddings cost money and hours to recompute, and Alembic sees no renames: renaming ``embedding``
 to ``vec`` in a model comes out as an ``add_column`` and a ``drop_column`` that deletes every
@@ -8,11 +8,15 @@ stored vector. After the comparison, this plugin goes through the upgrade:
   of each, is a rename: it becomes ``op.alter_column(..., new_column_name=...)``, which keeps the
   vectors (and the downgrade renames it back);
 * any other drop of a vector column (``vector``, ``halfvec``, ``sparsevec``, ``bit``), or of a
-  table that has one, stops autogenerate with one ``FAILED:`` line, unless the run names it:
+  table that has one or that holds rows (whatever its columns: another tool's chat history),
+  stops autogenerate with one ``FAILED:`` line, unless the run names it:
   ``-x allow_drop=passage.embedding`` (a column), ``-x allow_drop=passage`` (a table),
   ``rag.passage...`` for a schema other than the default, several separated by commas. Naming a
   column that would be renamed writes the drop and the add instead (new embeddings of the same
   size, from another model);
+* a drop of a table that a table the upgrade keeps references by foreign key (one that
+  ``exclude_tables`` leaves out, say) stops autogenerate too, allowed or not: PostgreSQL would
+  refuse the ``DROP TABLE`` (``DependentObjectsStillExist``) halfway through the upgrade;
 * a ``NOT NULL`` vector column without a server default, added to an existing table, stops
   autogenerate too: the ``ALTER TABLE`` would fail as soon as the table has rows. Add it nullable,
   fill it, then declare it ``NOT NULL``.
@@ -29,8 +33,8 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from alembic.runtime.plugins import Plugin
 from alembic.util import CommandError, DispatchPriority, PriorityDispatchResult
-from sqlalchemy import Column
-from sqlalchemy.engine import Dialect
+from sqlalchemy import Column, exists, select, table, text
+from sqlalchemy.engine import Connection, Dialect
 
 from pgvector_base.migration.comparison import is_vector_type, type_spec
 
@@ -39,6 +43,15 @@ PLUGIN_NAME = "pgvector_base.stored_vectors"
 
 ALLOW_DROP = "allow_drop"
 """The ``-x`` argument that names the vector columns and tables a run may drop."""
+
+# The tables other than itself that reference a table by foreign key, as (schema, name).
+REFERENCING_SQL = text(
+    "SELECT DISTINCT n.nspname, r.relname FROM pg_constraint AS c "
+    "JOIN pg_class AS r ON r.oid = c.conrelid JOIN pg_namespace AS n ON n.oid = r.relnamespace "
+    "WHERE c.contype = 'f' AND c.conrelid <> c.confrelid "
+    "AND c.confrelid = to_regclass(format('%I.%I', CAST(:schema AS text), CAST(:name AS text))) "
+    "ORDER BY 1, 2"
+)
 
 
 class RenameColumnOp(ops.AlterColumnOp):
@@ -72,12 +85,16 @@ def keep_stored_vectors(
 ) -> PriorityDispatchResult:
     """Turn vector drop-and-add pairs into renames; refuse other vector drops unless allowed."""
     dialect = autogen_context.dialect
+    connection = autogen_context.connection
     assert dialect is not None
+    assert connection is not None
     allowed = allowed_drops(autogen_context)
+    drops = [op for op in upgrade_ops.ops if isinstance(op, ops.DropTableOp)]
+    dropped = {qualified(op.schema, op.table_name) for op in drops}
     problems: list[str] = []
     for op in upgrade_ops.ops:
         if isinstance(op, ops.DropTableOp):
-            problems += table_drop_problems(op, dialect, allowed)
+            problems += table_drop_problems(op, connection, allowed, dropped)
         elif isinstance(op, ops.ModifyTableOps):
             rename_pairs(op, dialect, allowed)
             problems += column_problems(op, dialect, allowed)
@@ -98,21 +115,55 @@ def qualified(schema: str | None, *names: str) -> str:
     return ".".join(name for name in (schema, *names) if name)
 
 
-def table_drop_problems(op: ops.DropTableOp, dialect: Dialect, allowed: set[str]) -> list[str]:
-    """Why dropping ``op``'s table would lose vectors, unless the run allows it."""
+def table_drop_problems(
+    op: ops.DropTableOp, connection: Connection, allowed: set[str], dropped: set[str]
+) -> list[str]:
+    """Why dropping ``op``'s table would lose data or fail, unless the run allows the loss."""
+    dialect = connection.dialect
     name = qualified(op.schema, op.table_name)
     vectors = [
         f"{column.name} ({type_spec(column.type, dialect)})"
         for column in op.to_table().columns
         if is_vector_type(column.type, dialect)
     ]
-    if not vectors or name in allowed:
+    if vectors:
+        what = f" and the vectors stored in {', '.join(vectors)}"
+    elif holds_rows(connection, op.schema, op.table_name):
+        what = ", which holds rows"
+    else:
+        what = ""
+    referencing = referencing_tables(connection, op.schema, op.table_name)
+    kept = [table for table in referencing if table not in dropped]
+    if kept:
+        return [
+            f"autogenerate would drop table {name}{what}, but tables that stay reference it by "
+            f"foreign key ({', '.join(kept)}), so the drop would fail; if another tool owns them, "
+            f"add {name} to exclude_tables in alembic.ini beside them; otherwise drop them together"
+        ]
+    if not what or name in allowed:
         return []
+    also = (
+        f", together with the tables that reference it by foreign key ({', '.join(referencing)})"
+        if referencing
+        else ""
+    )
     return [
-        f"autogenerate would drop table {name} and the vectors stored in "
-        f"{', '.join(vectors)}; to drop it, run again with -x {ALLOW_DROP}={name}; if another "
-        "tool owns the table, add it to exclude_tables in alembic.ini instead"
+        f"autogenerate would drop table {name}{what}; to drop it, run again with "
+        f"-x {ALLOW_DROP}={name}; if another tool owns the table, add it to exclude_tables in "
+        f"alembic.ini instead{also}"
     ]
+
+
+def holds_rows(connection: Connection, schema: str | None, name: str) -> bool:
+    """Whether the table holds at least one row (without counting them all)."""
+    return bool(connection.scalar(select(exists().select_from(table(name, schema=schema)))))
+
+
+def referencing_tables(connection: Connection, schema: str | None, name: str) -> list[str]:
+    """The other tables that reference ``schema.name`` by foreign key, as :func:`qualified`."""
+    default = connection.dialect.default_schema_name
+    rows = connection.execute(REFERENCING_SQL, {"schema": schema or default, "name": name})
+    return [qualified(None if other == default else other, table) for other, table in rows]
 
 
 def rename_pairs(modify: ops.ModifyTableOps, dialect: Dialect, allowed: set[str]) -> None:

@@ -1,7 +1,9 @@
 """Tables that another tool owns, named in ``exclude_tables``, are never compared or touched.
 
 The tables are created as LangChain's PGVector store and LlamaIndex's PGVectorStore create them
-(by raw SQL here, with their sequences, indexes and a view), beside the project's own models.
+(by raw SQL here, with their sequences, indexes and a view), beside the project's own models; the
+libraries themselves write theirs in ``tests/pgvector_base/libraries/``. No table of the models
+is ever skipped silently: not one a pattern matches, not one in a schema named ``ai``.
 """
 
 from __future__ import annotations
@@ -33,22 +35,17 @@ OTHER_TOOLS = [
 PATTERNS = "langchain_pg_*, data_*"
 
 
-def own_models(*, with_langchain_model: bool = False) -> MetaData:
-    """The project's own table, and, if asked, a model of LangChain's table (for the ORM)."""
+def own_models(*names: str, schema: str | None = None) -> MetaData:
+    """The project's own tables (``article`` unless ``names`` says otherwise), with vectors."""
     metadata = MetaData()
-    Table(
-        "article",
-        metadata,
-        Column("id", BigInteger, primary_key=True),
-        Column("body", Text),
-        Column("embedding", VECTOR(3)),
-    )
-    if with_langchain_model:
+    for name in names or ("article",):
         Table(
-            "langchain_pg_embedding",
+            name,
             metadata,
-            Column("id", Text, primary_key=True),
+            Column("id", BigInteger, primary_key=True),
+            Column("body", Text),
             Column("embedding", VECTOR(3)),
+            schema=schema,
         )
     return metadata
 
@@ -87,13 +84,10 @@ def test_without_the_setting_autogenerate_refuses_to_drop_their_vectors(
     assert "add it to exclude_tables in alembic.ini" in message
 
 
-@pytest.mark.parametrize("with_langchain_model", [False, True], ids=["absent", "in-the-models"])
-def test_matching_tables_are_never_touched(
-    other_tools: Project, with_langchain_model: bool
-) -> None:
+def test_matching_tables_are_never_touched(other_tools: Project) -> None:
     other_tools.config.set_main_option("exclude_tables", PATTERNS)
     before = catalog(other_tools)
-    models = own_models(with_langchain_model=with_langchain_model)
+    models = own_models()
 
     generated = other_tools.revise(models)
     assert "langchain" not in generated
@@ -113,3 +107,71 @@ def test_a_pattern_with_a_dot_matches_schema_and_name(other_tools: Project) -> N
         other_tools.check(MetaData())
     assert "langchain_pg" not in str(refused.value)
     assert "drop table data_docs" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "models", "matches"),
+    [
+        # The docs' old advice: LlamaIndex's data_* hid the team's own data_source, never created.
+        (
+            "langchain_pg_*, data_*",
+            ("article", "data_source"),
+            "data_source of the models matches 'data_*'",
+        ),
+        # A model of another tool's table, declared to query it: not the models' to migrate.
+        (
+            PATTERNS,
+            ("article", "langchain_pg_embedding"),
+            "langchain_pg_embedding of the models matches 'langchain_pg_*'",
+        ),
+    ],
+    ids=["team-table", "other-tools-table"],
+)
+def test_a_pattern_that_matches_a_model_table_stops_autogenerate(
+    other_tools: Project, patterns: str, models: tuple[str, ...], matches: str
+) -> None:
+    other_tools.config.set_main_option("exclude_tables", patterns)
+    before = catalog(other_tools)
+    with pytest.raises(CommandError) as refused:
+        other_tools.revise(own_models(*models))
+    assert str(refused.value) == (
+        f"exclude_tables in alembic.ini hides tables of the models from autogenerate: table "
+        f"{matches}; narrow the pattern to the other tool's exact table names, or, for another "
+        "tool's table the models only read, declare it on a MetaData that env.py does not compare"
+    )
+    with pytest.raises(CommandError, match="hides tables of the models"):
+        other_tools.check(own_models(*models))
+    assert list(other_tools.versions.glob("*.py")) == []
+    assert catalog(other_tools) == before
+
+
+@pytest.mark.parametrize("pattern", ["data_[docs", "data_[!]", "public.[x"])
+def test_a_malformed_pattern_is_refused_not_taken_literally(
+    other_tools: Project, pattern: str
+) -> None:
+    # fnmatch reads an unclosed [ as a literal character: the pattern would silently match nothing.
+    other_tools.config.set_main_option("exclude_tables", f"langchain_pg_*, {pattern}")
+    with pytest.raises(CommandError) as refused:
+        other_tools.check(own_models())
+    assert str(refused.value) == (
+        f"exclude_tables in alembic.ini: pattern {pattern!r} opens a [...] set that it never "
+        "closes; close it with ], or write a literal [ as [[]"
+    )
+    # Closed sets, a ] right after [ and a literal [ written [[] are patterns like any other.
+    other_tools.config.set_main_option("exclude_tables", "langchain_pg_[ce]*, data_[]d]ocs, x[[]")
+    other_tools.revise(own_models())
+    other_tools.upgrade()
+    other_tools.settled(own_models())
+
+
+def test_a_model_in_schema_ai_migrates_like_any_other(project: Project) -> None:
+    # No pgai in this database: `ai` is the schema an agent framework chose for its tables.
+    models = own_models("agent_memory", schema="ai")
+    generated = project.revise(models)
+    assert "CREATE SCHEMA IF NOT EXISTS ai" in generated
+    assert "schema='ai'" in generated
+    project.upgrade()
+    assert project.tables() == ["ai.agent_memory", "public.alembic_version"]
+    project.settled(models)
+    project.downgrade("base")
+    assert project.tables() == ["public.alembic_version"]

@@ -131,3 +131,97 @@ def test_a_not_null_vector_column_is_not_added_to_an_existing_table(stored: Proj
         "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'passage'::regclass "
         "AND attname = 'summary'"
     ) == [(True,)]
+
+
+# LangChain's PostgresChatMessageHistory.create_tables (langchain-postgres 0.0.19), and its legacy
+# PGVector store: a collection table, referenced by the table of vectors.
+CHAT_HISTORY = (
+    "CREATE TABLE chat_history (id SERIAL PRIMARY KEY, session_id UUID NOT NULL, "
+    "message JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT NOW())"
+)
+COLLECTION_AND_EMBEDDING = [
+    "CREATE TABLE langchain_pg_collection (uuid uuid PRIMARY KEY, name varchar NOT NULL UNIQUE, "
+    "cmetadata json)",
+    "CREATE TABLE langchain_pg_embedding (id varchar PRIMARY KEY, collection_id uuid "
+    "REFERENCES langchain_pg_collection (uuid) ON DELETE CASCADE, embedding vector(3), "
+    "document varchar, cmetadata jsonb)",
+]
+COLLECTION_ROW = (
+    "INSERT INTO langchain_pg_collection VALUES ('5a0e4b4e-2f0b-4a53-9d7e-5b8f5c0e4a11', 'docs', "
+    "'{}')"
+)
+
+
+def test_a_table_that_holds_rows_is_dropped_only_when_the_run_names_it(project: Project) -> None:
+    project.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    project.execute(CHAT_HISTORY)
+    project.execute(
+        "INSERT INTO chat_history (session_id, message) VALUES (gen_random_uuid(), '{}')"
+    )
+    project.execute("CREATE TABLE scratch (id integer PRIMARY KEY)")
+    with pytest.raises(CommandError) as refused:
+        project.revise(MetaData())
+    assert str(refused.value) == (
+        "autogenerate would drop table chat_history, which holds rows; to drop it, run again "
+        "with -x allow_drop=chat_history; if another tool owns the table, add it to "
+        "exclude_tables in alembic.ini instead"
+    )
+    assert list(project.versions.glob("*.py")) == []
+
+    # An empty table is dropped as before; the one with rows once the run names it.
+    generated = project.revise(MetaData(), allow_drop="chat_history")
+    assert "op.drop_table('chat_history')" in generated
+    assert "op.drop_table('scratch')" in generated
+    project.upgrade()
+    assert project.tables() == ["public.alembic_version"]
+
+
+def test_a_collection_table_names_the_tables_that_reference_it(project: Project) -> None:
+    project.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    for statement in COLLECTION_AND_EMBEDDING:
+        project.execute(statement)
+    project.execute(COLLECTION_ROW)
+    with pytest.raises(CommandError) as refused:
+        project.check(MetaData())
+    assert str(refused.value) == (
+        "autogenerate would drop table langchain_pg_collection, which holds rows; to drop it, run "
+        "again with -x allow_drop=langchain_pg_collection; if another tool owns the table, add it "
+        "to exclude_tables in alembic.ini instead, together with the tables that reference it by "
+        "foreign key (langchain_pg_embedding); autogenerate would drop table "
+        "langchain_pg_embedding and the vectors stored in embedding (vector(3)); to drop it, run "
+        "again with -x allow_drop=langchain_pg_embedding; if another tool owns the table, add it "
+        "to exclude_tables in alembic.ini instead"
+    )
+
+
+@pytest.mark.parametrize("rows", [True, False], ids=["with-rows", "empty"])
+@pytest.mark.parametrize("allow", [False, True], ids=["", "allowed"])
+def test_excluding_a_table_but_not_the_one_it_references_stops_in_one_line(
+    project: Project, rows: bool, allow: bool
+) -> None:
+    # Following the line above for the vector table alone used to write a DROP TABLE of the
+    # collection, which the upgrade then failed on (DependentObjectsStillExist).
+    project.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    for statement in COLLECTION_AND_EMBEDDING:
+        project.execute(statement)
+    if rows:
+        project.execute(COLLECTION_ROW)
+    project.config.set_main_option("exclude_tables", "langchain_pg_embedding")
+    allowed = {"allow_drop": "langchain_pg_collection"} if allow else {}
+    with pytest.raises(CommandError) as refused:
+        project.revise(MetaData(), **allowed)
+    assert str(refused.value) == (
+        f"autogenerate would drop table langchain_pg_collection{', which holds rows' * rows}, "
+        "but tables that stay reference it by foreign key (langchain_pg_embedding), so the drop "
+        "would fail; if another tool owns them, add langchain_pg_collection to exclude_tables in "
+        "alembic.ini beside them; otherwise drop them together"
+    )
+    assert list(project.versions.glob("*.py")) == []
+
+    project.config.set_main_option(
+        "exclude_tables", "langchain_pg_embedding, langchain_pg_collection"
+    )
+    project.revise(MetaData())
+    project.upgrade()
+    project.settled(MetaData())
+    assert project.fetch("SELECT count(*) FROM langchain_pg_collection") == [(int(rows),)]
