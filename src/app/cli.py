@@ -10,7 +10,8 @@ embedding with as many numbers as ``Product.embedding`` has dimensions. The data
 :func:`pgvector_base.database.resolve_url` picks (``DATABASE_URL``, else the embedded server).
 
 Expected failures (a bad line, a wrong dimension, an unreachable database) end the command with one
-line on stderr and exit status 1.
+line on stderr and exit status 1; Ctrl-C ends it with one line and exit status 130, having changed
+nothing (a load is one transaction).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from tqdm import tqdm
 
 from app.models import Base, Product
 from pgvector_base.database import DatabaseConfigError, sqlstate
-from pgvector_base.loading import DEFAULT_BATCH_SIZE, BuildSettings, LoadError, SettingError, load
+from pgvector_base.loading import (
+    DEFAULT_BATCH_SIZE,
+    BuildSettings,
+    LoadError,
+    SettingError,
+    UnloadableError,
+    load,
+)
 from pgvector_base.migration.errors import describe
 from pgvector_base.search import SearchSettings, VectorSearch
 from pgvector_base.session import create_app_engine, session_factory
@@ -37,6 +45,8 @@ from pgvector_base.session import create_app_engine, session_factory
 PROG = "pgvector-app"
 FIELDS = ("id", "name", "description", "embedding")
 UNDEFINED_TABLE = "42P01"
+# What a shell reports for a command that SIGINT ended: 128 + 2.
+INTERRUPTED = 130
 BUILD_OPTIONS = {
     "maintenance_work_mem": "--maintenance-work-mem",
     "max_parallel_maintenance_workers": "--parallel-workers",
@@ -58,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # psycopg has cancelled the statement; the transaction rolled back with the engine.
+        print(f"{PROG}: interrupted; nothing was changed", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 
@@ -159,6 +173,8 @@ def load_command(engine: Engine, args: argparse.Namespace) -> None:
             raise CommandError(f"{args.file}, {error}") from None
         except SettingError as error:
             raise CommandError(f"{BUILD_OPTIONS[error.name]}: {error}") from None
+        except UnloadableError as error:
+            raise CommandError(str(error)) from None
     print(
         f"Loaded {result.rows:,} rows into {Product.__tablename__} in {result.copy_seconds:.1f} s "
         f"({result.rows_per_second:,.0f} rows/s)"
@@ -174,7 +190,14 @@ def read_products(file: IO[bytes], bar: tqdm[Any]) -> Iterator[tuple[Any, ...]]:
     for line_number, line in enumerate(file, 1):
         bar.update(len(line))
         try:
-            record = json.loads(line)
+            # JSON Lines is UTF-8; a byte-order mark at the start is tolerated.
+            record = json.loads(line.decode("utf-8-sig" if line_number == 1 else "utf-8"))
+        except UnicodeDecodeError as error:
+            raise LoadError(
+                line_number,
+                f"not UTF-8 text (byte 0x{line[error.start]:02x} at byte {error.start + 1}); "
+                "JSON Lines files are UTF-8",
+            ) from None
         except json.JSONDecodeError as error:
             raise LoadError(line_number, f"not JSON ({error.msg}, column {error.colno})") from None
         if not isinstance(record, dict) or set(record) != set(FIELDS):
@@ -184,7 +207,10 @@ def read_products(file: IO[bytes], bar: tqdm[Any]) -> Iterator[tuple[Any, ...]]:
 
 def query_command(engine: Engine, args: argparse.Namespace) -> None:
     """Print the nearest products, one per line: id, distance, name."""
-    settings = SearchSettings(ef_search=args.ef_search, iterative_scan=args.iterative_scan)
+    try:
+        settings = SearchSettings(ef_search=args.ef_search, iterative_scan=args.iterative_scan)
+    except ValueError as error:
+        raise CommandError(f"--ef-search: {error}") from None
     where: list[ColumnElement[bool]] = []
     if args.name_contains:
         where.append(Product.name.icontains(args.name_contains, autoescape=True))

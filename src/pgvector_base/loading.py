@@ -7,7 +7,10 @@ dimensions, ranges); pgvector's receive functions refuse NaN and infinity on the
 a bad row stops the load with a :class:`LoadError` naming its line and column.
 
 Everything happens in the caller's transaction, so a failed load leaves the table as it was once
-that transaction rolls back: commit once, after :func:`load` returns.
+that transaction rolls back: commit once, after :func:`load` returns. What can be checked before a
+first load drops the table's indexes is checked first (column types, ``columns=``, the table's
+columns in the database); a failure after that leaves the transaction failed, so that even a
+caller who commits gets the indexes back and none of the rows.
 
 References: PostgreSQL "COPY", section "Binary Format"; pgvector README, "Loading" (COPY in binary
 format, indexes after the initial data) and "Index Build Time" (``maintenance_work_mem``,
@@ -16,6 +19,7 @@ format, indexes after the initial data) and "Index Build Time" (``maintenance_wo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import logging
@@ -30,12 +34,26 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import psycopg
+import psycopg.sql
 import psycopg2
 from pgvector import HalfVector, SparseVector, Vector
 from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
-from psycopg2.extensions import encodings
-from sqlalchemy import BigInteger, Boolean, Column, Integer, SmallInteger, String, Table, text
-from sqlalchemy.engine import Connection
+from psycopg2.extensions import encodings, quote_ident
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Integer,
+    SmallInteger,
+    String,
+    Table,
+    exists,
+    not_,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, StatementError
 
 from pgvector_base.database import sqlstate
@@ -73,6 +91,23 @@ Rows = Iterable[Sequence[Any] | Mapping[str, Any]] | Mapping[str, Any]
 DriverConnection = psycopg2.extensions.connection | psycopg.Connection[Any]
 # pgvector's "invalid value for parameter": a build setting the server refuses.
 INVALID_PARAMETER_VALUE = "22023"
+# To name column types in messages.
+DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+# pgvector's HNSW index takes sparse vectors of at most this many non-zero elements.
+HNSW_MAX_NONZERO = 1000
+# How often the server checks, while it runs a statement, that the client is still there: a client
+# killed during a first load's index build would otherwise leave the server building for minutes,
+# holding the table's ACCESS EXCLUSIVE lock. As migrations do (migration/timeouts.py), but for the
+# transaction only: it must not stay on a pooled connection. The subtransaction swallows the
+# refusal of servers without the setting (before 14) or unable to check (some platforms).
+WATCH_CLIENT = """
+DO $$ BEGIN
+    PERFORM set_config('client_connection_check_interval', '5s', true);
+EXCEPTION WHEN undefined_object OR invalid_parameter_value THEN NULL;
+END $$
+"""
+# Makes the caller's transaction fail (see _abort).
+ABORT = "DO $$BEGIN RAISE EXCEPTION 'the load failed; its transaction can only roll back'; END$$"
 
 
 class SettingError(ValueError):
@@ -81,6 +116,11 @@ class SettingError(ValueError):
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(reason)
         self.name = name
+
+
+class UnloadableError(ValueError):
+    """A table, ``columns=`` or column type :func:`load` cannot load into, found before anything
+    is dropped or sent."""
 
 
 class LoadError(Exception):
@@ -148,24 +188,34 @@ def load(
     copied, the indexes rebuilt exactly as the database defined them, with ``build`` settings, and
     the table analyzed. Into a table that has rows, the rows are copied with the indexes in place
     and the table analyzed. Dropping an index locks the table until the transaction ends. A
-    ``build`` value the server refuses raises :class:`SettingError` before anything is dropped or
-    sent.
+    ``build`` value the server refuses raises :class:`SettingError`, and a column type, a
+    ``columns=`` or a table the loader cannot load raises :class:`UnloadableError`, before
+    anything is dropped or sent. A failure after that leaves the transaction failed, so that it
+    can only roll back: no rows of a half-done load are committed, and dropped indexes come back.
     """
     build = build or BuildSettings()
     _apply(connection, build)
-    name = _table_name(connection, table)
-    empty = connection.scalar(text(f"SELECT NOT EXISTS (SELECT FROM {name})"))
-    indexes = _drop_vector_indexes(connection, table) if empty else {}
-
-    started = time.perf_counter()
-    count = copy_rows(
-        connection, table, rows, columns=columns, batch_size=batch_size, progress=progress
+    connection.execute(text(WATCH_CLIENT))
+    dbapi_connection = _driver_connection(connection)
+    names = _column_names(table, columns)
+    _check_table(connection, table, names)
+    empty = connection.scalar(select(not_(exists().select_from(table))))
+    hnsw_sparse = _hnsw_sparse_columns(connection, table) if empty else {}
+    encoder = _TableEncoder(
+        [table.c[name] for name in names], _encoding(dbapi_connection), hnsw_sparse
     )
-    copied = time.perf_counter()
-    notices = _build_indexes(connection, indexes)
-    built = time.perf_counter()
-    connection.execute(text(f"ANALYZE {name}"))
-    analyzed = time.perf_counter()
+    indexes = _drop_vector_indexes(connection, table) if empty else {}
+    try:
+        started = time.perf_counter()
+        count = _send(connection, table, encoder, rows, batch_size=batch_size, progress=progress)
+        copied = time.perf_counter()
+        notices = _build_indexes(connection, indexes)
+        built = time.perf_counter()
+        _execute(connection, f"ANALYZE {_table_name(connection, table)}")
+        analyzed = time.perf_counter()
+    except BaseException:
+        _abort(connection)
+        raise
     return LoadResult(
         rows=count,
         copy_seconds=copied - started,
@@ -194,14 +244,25 @@ def copy_rows(
     the number of rows of each COPY once it is stored. Runs in the connection's current
     transaction and leaves committing to the caller.
     """
-    names = list(columns) if columns is not None else [column.name for column in table.columns]
+    names = _column_names(table, columns)
     dbapi_connection = _driver_connection(connection)
     encoder = _TableEncoder([table.c[name] for name in names], _encoding(dbapi_connection))
-    preparer = connection.dialect.identifier_preparer
-    sql = (
-        f"COPY {_table_name(connection, table)} ({', '.join(preparer.quote(n) for n in names)}) "
-        "FROM STDIN (FORMAT BINARY)"
-    )
+    return _send(connection, table, encoder, rows, batch_size=batch_size, progress=progress)
+
+
+def _send(
+    connection: Connection,
+    table: Table,
+    encoder: _TableEncoder,
+    rows: Rows,
+    *,
+    batch_size: int,
+    progress: Callable[[int], object] | None,
+) -> int:
+    """:func:`copy_rows` once its encoder is made."""
+    dbapi_connection = _driver_connection(connection)
+    quoted = ", ".join(_quoted(connection, column.name) for column in encoder.columns)
+    sql = f"COPY {_table_name(connection, table)} ({quoted}) FROM STDIN (FORMAT BINARY)"
     _enlarge_send_buffer(dbapi_connection)
     source = _Source([rows] if isinstance(rows, Mapping) else rows, encoder)
     sent = 0
@@ -293,9 +354,14 @@ class _CopyStream(io.RawIOBase):
 class _TableEncoder:
     """Encodes rows and column batches for one COPY's columns."""
 
-    def __init__(self, columns: list[Column[Any]], encoding: str) -> None:
+    def __init__(
+        self,
+        columns: list[Column[Any]],
+        encoding: str,
+        hnsw_sparse: Mapping[str, str] | None = None,
+    ) -> None:
         self.columns = columns
-        self._encode_row = _row_encoder(columns, encoding)
+        self._encode_row = _row_encoder(columns, encoding, hnsw_sparse or {})
         fixed = all(_fixed_layout(column) is not None for column in columns)
         vectors = [i for i, c in enumerate(columns) if isinstance(c.type, VECTOR | HALFVEC)]
         # Only rows whose every column has a fixed width can be encoded as one structured array.
@@ -450,7 +516,9 @@ def _ndarray_type() -> Any:
     return numpy.ndarray if numpy is not None else None
 
 
-def _row_encoder(columns: list[Column[Any]], encoding: str) -> Encoder:
+def _row_encoder(
+    columns: list[Column[Any]], encoding: str, hnsw_sparse: Mapping[str, str]
+) -> Encoder:
     """A function from a row to its binary COPY tuple.
 
     This is the hot loop of a load. When every column has a fixed width (integers, booleans,
@@ -459,7 +527,7 @@ def _row_encoder(columns: list[Column[Any]], encoding: str) -> Encoder:
     its header, one for the vector's values straight from its list. Every other row, including
     every bad one, goes through the field encoders, which say what is wrong with it.
     """
-    general = _field_by_field(columns, encoding)
+    general = _field_by_field(columns, encoding, hnsw_sparse)
     layouts = [_fixed_layout(column) for column in columns]
     fixed = [layout for layout in layouts if layout is not None]
     if len(fixed) != len(layouts):
@@ -526,8 +594,10 @@ def _segments(fixed: list[_Fixed]) -> list[_Segment]:
     return segments
 
 
-def _field_by_field(columns: list[Column[Any]], encoding: str) -> Encoder:
-    encoders = [_field_encoder(column, encoding) for column in columns]
+def _field_by_field(
+    columns: list[Column[Any]], encoding: str, hnsw_sparse: Mapping[str, str]
+) -> Encoder:
+    encoders = [_field_encoder(c, encoding, hnsw_sparse.get(c.name)) for c in columns]
     width = len(encoders)
     count = FIELD_COUNT.pack(width)
 
@@ -563,9 +633,13 @@ def _fixed_layout(column: Column[Any]) -> _Fixed | None:
     return None
 
 
-def _field_encoder(column: Column[Any], encoding: str) -> Encoder:
-    """A function from a value of ``column`` to its binary COPY field: length, then data."""
-    encode = _value_encoder(column, encoding)
+def _field_encoder(column: Column[Any], encoding: str, hnsw_index: str | None) -> Encoder:
+    """A function from a value of ``column`` to its binary COPY field: length, then data.
+
+    ``hnsw_index`` names the HNSW index a sparse vector must fit, for a first load: its build
+    would refuse the vector without naming the row.
+    """
+    encode = _value_encoder(column, encoding, hnsw_index)
     name = column.name
     nullable = column.nullable
 
@@ -582,21 +656,22 @@ def _field_encoder(column: Column[Any], encoding: str) -> Encoder:
     return field
 
 
-def _value_encoder(column: Column[Any], encoding: str) -> Encoder:
+def _value_encoder(column: Column[Any], encoding: str, hnsw_index: str | None) -> Encoder:
     type_ = column.type
     if isinstance(type_, VECTOR | HALFVEC):
         return _dense_encoder(type_)
     if isinstance(type_, SPARSEVEC):
-        return _sparse_encoder(type_.dim)
+        return _sparse_encoder(type_.dim, hnsw_index)
     if isinstance(type_, Boolean):
         return _boolean
     if isinstance(type_, Integer):
         return _integer_encoder(type_)
     if isinstance(type_, String):
         return _text_encoder(type_.length, encoding)
-    raise TypeError(
-        f"column {column.name} has type {type_}, which the binary loader does not encode; "
-        "supported: integers, booleans, strings, VECTOR, HALFVEC, SPARSEVEC"
+    raise UnloadableError(
+        f"column {column.name} has type {type_.compile(dialect=DIALECT)}, which "
+        "the binary loader does not encode; supported: integers, booleans, strings, VECTOR, "
+        "HALFVEC, SPARSEVEC (pass columns= to leave it to its default)"
     )
 
 
@@ -698,9 +773,10 @@ def _dense_encoder(type_: VECTOR | HALFVEC) -> Encoder:
     return encode
 
 
-def _sparse_encoder(dim: int | None) -> Encoder:
+def _sparse_encoder(dim: int | None, hnsw_index: str | None) -> Encoder:
     """pgvector's ``sparsevec_recv`` layout, from ``SparseVector.to_binary``. Takes a
-    ``SparseVector`` or a dict of 0-based index to value."""
+    ``SparseVector`` or a dict of 0-based index to value; at most 1,000 non-zero elements when
+    ``hnsw_index`` names the HNSW index to be built on it."""
 
     def encode(value: Any) -> bytes:
         if isinstance(value, dict):
@@ -713,6 +789,12 @@ def _sparse_encoder(dim: int | None) -> Encoder:
             raise ValueError(f"expected {dim} dimensions, got {value.dimensions()}")
         if any(not 0 <= index < value.dimensions() for index in value.indices()):
             raise ValueError(f"an index is outside 0..{value.dimensions() - 1}")
+        nonzero = len(value.indices())
+        if hnsw_index is not None and nonzero > HNSW_MAX_NONZERO:
+            raise ValueError(
+                f"{nonzero} non-zero elements; its HNSW index {hnsw_index} takes at most "
+                f"{HNSW_MAX_NONZERO}"
+            )
         try:
             data = value.to_binary()
         except OverflowError:
@@ -725,7 +807,117 @@ def _sparse_encoder(dim: int | None) -> Encoder:
 
 
 def _table_name(connection: Connection, table: Table) -> str:
-    return connection.dialect.identifier_preparer.format_table(table)
+    """``table``'s name, schema-qualified if it has a schema, quoted for the driver's own SQL."""
+    return _quoted(connection, *filter(None, (table.schema, table.name)))
+
+
+def _quoted(connection: Connection, *parts: str) -> str:
+    """A dotted identifier quoted by the driver, for SQL that the driver sends as it is.
+
+    SQLAlchemy's psycopg2 dialect doubles a ``%`` in the identifiers it quotes, for the driver's
+    parameter formatting; COPY and statements without parameters get no formatting.
+    """
+    dbapi_connection = _driver_connection(connection)
+    if isinstance(dbapi_connection, psycopg2.extensions.connection):
+        return ".".join(quote_ident(part, dbapi_connection) for part in parts)
+    return psycopg.sql.Identifier(*parts).as_string(dbapi_connection)
+
+
+def _execute(connection: Connection, sql: str) -> None:
+    """Run ``sql`` through the driver's own cursor, with no parameters: given an empty set of
+    them, as SQLAlchemy does, psycopg2 would take a ``%`` in a quoted name for one."""
+    with _driver_connection(connection).cursor() as cursor:
+        try:
+            cursor.execute(sql)
+        except (psycopg2.Error, psycopg.Error) as error:
+            raise _as_sqlalchemy_error(error, sql) from error
+
+
+def _column_names(table: Table, columns: Sequence[str] | None) -> list[str]:
+    """``columns``, or every column of ``table``, once each is known to be one of its columns."""
+    if columns is None:
+        return [column.name for column in table.columns]
+    names = [columns] if isinstance(columns, str) else list(columns)
+    unknown = [name for name in names if name not in table.c]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    problem = (
+        f"names {', '.join(map(str, unknown))}, not a column of {table.name}"
+        if unknown
+        else f"names {', '.join(repeated)} more than once"
+        if repeated
+        else "is empty"
+        if not names
+        else "must be a list of column names, not a string"
+        if isinstance(columns, str)
+        else None
+    )
+    if problem is not None:
+        raise UnloadableError(
+            f"columns= {problem}; {table.name} has {', '.join(c.name for c in table.columns)}"
+        )
+    return names
+
+
+def _check_table(connection: Connection, table: Table, names: list[str]) -> None:
+    """Check that the database's ``table`` has the columns to load, with the model's vector,
+    integer and boolean types: COPY would otherwise fail after the indexes are dropped, or
+    report the difference as a bad first row."""
+    found: dict[str, str] = dict(
+        connection.execute(
+            text(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped"
+            ),
+            {"table": _table_name(connection, table)},
+        ).all()
+    )
+    advice = f"run the migrations (alembic upgrade head) or fix the model of {table.name}"
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise UnloadableError(
+            f"{table.name} has no column {', '.join(missing)} in the database; {advice}"
+        )
+    for name in names:
+        type_ = table.c[name].type
+        expected = (
+            type_.compile(dialect=DIALECT).lower()
+            if isinstance(type_, VECTOR | HALFVEC | SPARSEVEC)
+            else _integer_layout(type_)[2]
+            if isinstance(type_, Integer)
+            else "boolean"
+            if isinstance(type_, Boolean)
+            else None
+        )
+        # format_type qualifies a type outside the search path: public.vector(8).
+        if expected is not None and found[name].rpartition(".")[2] != expected:
+            raise UnloadableError(
+                f"{table.name}.{name} is {found[name]} in the database and {expected} in the "
+                f"model; {advice}"
+            )
+
+
+def _hnsw_sparse_columns(connection: Connection, table: Table) -> dict[str, str]:
+    """The sparsevec columns of ``table`` that an HNSW index covers, and that index's name."""
+    rows = connection.execute(
+        text(
+            "SELECT a.attname, min(c.relname) "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_am m ON m.oid = c.relam "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE i.indrelid = CAST(:table AS regclass) AND m.amname = 'hnsw' "
+            "AND t.typname = 'sparsevec' GROUP BY a.attname"
+        ),
+        {"table": _table_name(connection, table)},
+    ).all()
+    return {str(name): str(index) for name, index in rows}
+
+
+def _abort(connection: Connection) -> None:
+    """Make the caller's transaction fail, if the error has not already: a COMMIT then rolls it
+    back, bringing back the indexes a first load dropped instead of committing their absence."""
+    with contextlib.suppress(Exception):
+        connection.exec_driver_sql(ABORT)
 
 
 def _drop_vector_indexes(connection: Connection, table: Table) -> dict[str, str]:
@@ -741,7 +933,7 @@ def _drop_vector_indexes(connection: Connection, table: Table) -> dict[str, str]
         {"table": _table_name(connection, table)},
     ).all()
     for name, _ in found:
-        connection.exec_driver_sql(f"DROP INDEX {name}")
+        _execute(connection, f"DROP INDEX {name}")
     return dict(found)
 
 

@@ -6,12 +6,14 @@ ascending order, where ``<op>`` is the operator of the index's operator class (p
 different distance) is still valid SQL, so PostgreSQL answers it with an exact scan of the whole
 table instead. :class:`VectorSearch` therefore reads the operator from the index declared on the
 model and refuses a distance that no index serves; similarity is computed in the select list only.
+Settings, ``k`` and the query vector are checked in Python, so that every connection refuses the
+same values with the same one line, whether or not it has loaded pgvector yet.
 
 With psycopg 3 (the driver of :func:`~pgvector_base.session.create_app_engine`), the query vector
 is sent in pgvector's binary format, as a parameter whose type the server infers from the
-operator: formatting 384 floats as text took longer than the rest of the client's work. psycopg 3
-also prepares a statement on the server once it has run it five times. With psycopg2, the vector is
-sent as text.
+operator: formatting 384 floats as text took longer than the rest of the client's work. Nothing is
+prepared on the server (see :class:`~pgvector_base.session.EngineSettings`), so searches are
+correct through a transaction-mode pooler. With psycopg2, the vector is sent as text.
 
 Index settings (``hnsw.ef_search``, ``ivfflat.probes`` and pgvector 0.8's iterative scans) are
 set with ``set_config(..., true)``, which lasts until the transaction ends and so never reaches
@@ -22,14 +24,18 @@ rolled back as soon as the rows are read, so they reach no later statement eithe
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import math
+import operator
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, get_args
 
 import psycopg
 from pgvector import HalfVector, SparseVector, Vector
-from pgvector.sqlalchemy import HALFVEC, SPARSEVEC
+from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from sqlalchemy import (
@@ -44,6 +50,7 @@ from sqlalchemy import (
     null,
     select,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -60,6 +67,24 @@ else:  # numpy is optional
     QueryVector = Sequence[float] | Vector | HalfVector | SparseVector
 IterativeScan = Literal["off", "relaxed_order", "strict_order"]
 VECTOR_INDEX_METHODS = ("hnsw", "ivfflat")
+INT4_MAX = 2**31 - 1
+# To name column types in messages.
+DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+# The ranges pgvector gives its settings (pg_settings.min_val and max_val). Checked here, because
+# before pgvector's library is loaded in a session the server takes any value as a placeholder and
+# then ignores it, while a session that has loaded it refuses the same value.
+SETTING_RANGES = {
+    "ef_search": ("hnsw.ef_search", 1, 1000),
+    "max_scan_tuples": ("hnsw.max_scan_tuples", 1, INT4_MAX),
+    "probes": ("ivfflat.probes", 1, 32768),
+    "max_probes": ("ivfflat.max_probes", 1, 32768),
+}
+# The query parameter's pgvector type for each column type VectorSearch can search.
+QUERY_TYPES: dict[type[TypeEngine[Any]], type[Vector | HalfVector | SparseVector]] = {
+    VECTOR: Vector,
+    HALFVEC: HalfVector,
+    SPARSEVEC: SparseVector,
+}
 
 
 class Distance(enum.Enum):
@@ -116,13 +141,7 @@ class QueryVectorType(TypeDecorator[Any]):
     def __init__(self, column_type: TypeEngine[Any]) -> None:
         super().__init__()
         self.column_type = column_type
-        self.kind: type[Vector | HalfVector | SparseVector] = (
-            HalfVector
-            if isinstance(column_type, HALFVEC)
-            else SparseVector
-            if isinstance(column_type, SPARSEVEC)
-            else Vector
-        )
+        self.kind = _query_type(column_type)
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         return self.column_type
@@ -135,8 +154,11 @@ class QueryVectorType(TypeDecorator[Any]):
         def process(value: Any) -> _BinaryParameter | None:
             if value is None:
                 return None
-            vector = value if isinstance(value, kind) else kind(value)
-            return _BinaryParameter(vector.to_binary())
+            # A statement() run by the caller gets here unchecked: convert as _query does.
+            if not isinstance(value, kind):
+                dense = value.to_list() if isinstance(value, Vector | HalfVector) else value
+                value = kind(dense.tolist() if hasattr(dense, "tolist") else list(dense))
+            return _BinaryParameter(value.to_binary())
 
         return process
 
@@ -172,6 +194,15 @@ class SearchSettings:
     iterative_scan: IterativeScan | None = None
 
     def __post_init__(self) -> None:
+        for field, (setting, low, high) in SETTING_RANGES.items():
+            value = getattr(self, field)
+            if value is not None and not (
+                isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+            ):
+                raise ValueError(
+                    f"{field} must be a whole number from {low} to {high} "
+                    f"(pgvector's {setting}), not {value!r}"
+                )
         # An unknown value would only draw a server WARNING and silently turn iterative scans off.
         if self.iterative_scan is not None and self.iterative_scan not in get_args(IterativeScan):
             raise ValueError(
@@ -287,6 +318,7 @@ class VectorSearch(Generic[ModelT]):
             raise ValueError(f"{attribute} is not a column of {model.__name__}")
         self.model = model
         self.attribute = attribute
+        self._query_kind = _query_type(attribute.type, self._where)
         self.index = self._choose_index(vector_indexes(attribute), distance)
         self.distance = self.index.distance
         self.dimensions: int | None = getattr(attribute.type, "dim", None)
@@ -319,8 +351,12 @@ class VectorSearch(Generic[ModelT]):
             .limit(bindparam("k", type_=Integer)),
         )
 
+    @property
+    def _where(self) -> str:
+        return f"{self.model.__name__}.{self.attribute.key}"
+
     def _choose_index(self, indexes: list[VectorIndex], distance: Distance | None) -> VectorIndex:
-        where = f"{self.model.__name__}.{self.attribute.key}"
+        where = self._where
         if not indexes:
             raise NoIndexError(
                 f"{where} has no HNSW or IVFFlat index, so every search would scan the whole "
@@ -469,26 +505,79 @@ class VectorSearch(Generic[ModelT]):
         return null().label("similarity")
 
     def _parameters(self, query: QueryVector, k: int) -> dict[str, Any]:
-        """The statement's parameters, once ``k`` and the query's dimensions are checked."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
-        size = (
-            query.dimensions()
-            if isinstance(query, Vector | HalfVector | SparseVector)
-            else len(query)
-        )
+        """The statement's parameters, once ``k`` and the query vector are checked; the vector
+        converted to the column's type, as the server would cast it."""
+        try:
+            whole = operator.index(k)
+        except TypeError:
+            whole = None
+        if whole is None or isinstance(k, bool) or not 1 <= whole <= INT4_MAX:
+            raise ValueError(f"k must be a whole number from 1 to {INT4_MAX}, not {k!r}")
+        return {"query": self._query(query), "k": whole}
+
+    def _query(self, query: QueryVector) -> Vector | HalfVector | SparseVector:
+        """``query`` as the column's type, or a :class:`ValueError` saying why it cannot be."""
+        kind = self._query_kind
+        vector: Vector | HalfVector | SparseVector | None = None
+        if isinstance(query, kind):
+            vector = query
+        else:
+            values = _plain(query)
+            with contextlib.suppress(TypeError, ValueError, OverflowError):
+                vector = kind(values)  # OverflowError: beyond halfvec's range
+        if vector is None:
+            raise ValueError(_flaw(query, self._where))
+        size = vector.dimensions()
         if self.dimensions is not None and size != self.dimensions:
             raise ValueError(
-                f"the query vector has {size} dimensions; "
-                f"{self.model.__name__}.{self.attribute.key} has {self.dimensions}"
+                f"the query vector has {size} dimensions; {self._where} has {self.dimensions}"
             )
-        return {"query": query, "k": k}
+        stored = vector.values() if isinstance(vector, SparseVector) else vector.to_list()
+        # One NaN or infinity makes the sum so; finite float4 values cannot add up to infinity in
+        # a float, and summing is several times faster than testing each value.
+        if not math.isfinite(sum(stored)):
+            raise ValueError(_flaw(query, self._where))
+        if self.distance is Distance.COSINE and not any(stored):
+            raise ValueError("the query vector is all zeros, which has no cosine distance")
+        return vector
 
 
 def _filtered(statement: Select[Any], where: Iterable[ColumnElement[bool]]) -> Select[Any]:
     """``statement`` with every condition of ``where`` added."""
     conditions = list(where)
     return statement.where(*conditions) if conditions else statement
+
+
+def _plain(query: QueryVector) -> Any:
+    """``query``'s values as a list, or as the numpy array it is, for pgvector's constructors."""
+    if isinstance(query, Vector | HalfVector | SparseVector):
+        return query.to_list()
+    return query if isinstance(query, list) or hasattr(query, "tolist") else list(query)
+
+
+def _flaw(query: QueryVector, where: str) -> str:
+    """Why ``query`` cannot be sent to the column ``where`` as its type: the slow path of a
+    refused query only."""
+    try:
+        values = array("d", _plain(query).tolist() if hasattr(query, "tolist") else _plain(query))
+    except TypeError:
+        return "the query vector must be a flat sequence of numbers"
+    if not all(map(math.isfinite, values)):
+        return "the query vector has NaN or infinite values, which have no distance"
+    return f"the query vector has values outside the range of {where}"
+
+
+def _query_type(
+    column_type: TypeEngine[Any], where: str = "the column"
+) -> type[Vector | HalfVector | SparseVector]:
+    """The query parameter's pgvector type for ``column_type``."""
+    for type_, found in QUERY_TYPES.items():
+        if isinstance(column_type, type_):
+            return found
+    raise NoIndexError(
+        f"{where} is {column_type.compile(dialect=DIALECT)}; "
+        "VectorSearch searches VECTOR, HALFVEC and SPARSEVEC columns"
+    )
 
 
 def _describe(indexes: list[VectorIndex]) -> str:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +133,11 @@ def test_a_bad_line_fails_in_one_line_and_loads_nothing(
         (["query", "--like", "1"], "no Product with id=1 and a vector"),
         (["query", "--vector", "[1, 2]"], "the query vector has 2 dimensions; Product.embedding"),
         (["query", "--vector", '["a"]'], "--vector must be a JSON array of numbers"),
+        (
+            ["query", "--like", "1", "--ef-search", "5000"],
+            "--ef-search: ef_search must be a whole number from 1 to 1000 (pgvector's "
+            "hnsw.ef_search), not 5000",
+        ),
     ],
 )
 def test_expected_failures_are_one_line(
@@ -184,3 +192,115 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     )
     assert finished.stderr.count("\n") == 1
     assert "s3cret" not in finished.stderr
+
+
+def index_definitions(engine: Engine) -> list[tuple[str, str]]:
+    """The product table's indexes, as pg_indexes shows them."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'product'")
+        ).all()
+    return sorted((name, definition) for name, definition in rows)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "café".encode("latin-1"),
+            "not UTF-8 text (byte 0xe9 at byte 4); JSON Lines files are UTF-8",
+        ),
+        (
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+            "not UTF-8 text (byte 0x89 at byte 1); JSON Lines files are UTF-8",
+        ),
+    ],
+    ids=["latin-1", "binary"],
+)
+def test_a_file_that_is_not_utf8_fails_in_one_line_and_loads_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    engine: Engine,
+    content: bytes,
+    message: str,
+) -> None:
+    """Line 21, after the 20 good products."""
+    path = write_products(tmp_path / "p.jsonl")
+    path.write_bytes(path.read_bytes() + content + b"\n")
+    before = index_definitions(engine)
+    status, out, err = run(capsys, "load", str(path), "--batch-size", "8")
+    assert (status, out, err) == (1, [], [f"pgvector-app: error: {path}, line 21: {message}"])
+    assert count(engine) == 0
+    assert index_definitions(engine) == before
+
+
+WAIT_LIMIT = 30.0
+WAITING_FOR_THE_TABLE = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+)
+
+
+def first_value(engine: Engine, sql: str) -> Any:
+    """The first column of the first row of ``sql``, or ``None`` when it has no row."""
+    with engine.connect() as connection:
+        return connection.scalar(text(sql))
+
+
+def poll(engine: Engine, sql: str, what: str) -> Any:
+    """Run ``sql`` until it returns a row; fail after ``WAIT_LIMIT`` seconds."""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while (value := first_value(engine, sql)) is None:
+        assert time.monotonic() < deadline, f"waited {WAIT_LIMIT:.0f}s for {what}"
+        time.sleep(0.05)
+    return value
+
+
+@contextmanager
+def load_waiting_for_the_table(engine: Engine, path: Path) -> Iterator[tuple[Any, int]]:
+    """``pgvector-app load path`` started while the test holds the product table locked, once
+    its server process waits for the lock (what pg_stat_activity shows): the process and its
+    server process. The lock is held until the block ends."""
+    with engine.connect() as holder:
+        holder.execute(text("LOCK TABLE product IN ACCESS EXCLUSIVE MODE"))
+        loader = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "load", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            backend = poll(engine, WAITING_FOR_THE_TABLE, "the load to wait for the table")
+            yield loader, backend
+        finally:
+            loader.kill()
+            loader.communicate(timeout=WAIT_LIMIT)
+            holder.rollback()
+
+
+def test_ctrl_c_ends_a_load_in_one_line_and_changes_nothing(tmp_path: Path, engine: Engine) -> None:
+    before = index_definitions(engine)
+    with load_waiting_for_the_table(engine, write_products(tmp_path / "p.jsonl")) as (loader, _):
+        loader.send_signal(signal.SIGINT)
+        out, err = loader.communicate(timeout=WAIT_LIMIT)
+    assert (loader.returncode, out) == (130, "")
+    assert err == "pgvector-app: interrupted; nothing was changed\n"
+    assert count(engine) == 0
+    assert index_definitions(engine) == before
+
+
+def test_a_killed_load_ends_its_server_work(tmp_path: Path, engine: Engine) -> None:
+    """SIGKILL leaves no one to cancel the statement: the server notices the closed connection
+    itself (client_connection_check_interval) while the test still holds the lock the statement
+    waits for, as it would in the middle of an index build holding the table's lock."""
+    before = index_definitions(engine)
+    with load_waiting_for_the_table(engine, write_products(tmp_path / "p.jsonl")) as (
+        loader,
+        backend,
+    ):
+        loader.kill()
+        loader.communicate(timeout=WAIT_LIMIT)
+        gone = f"SELECT true WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = {backend})"
+        poll(engine, gone, f"server process {backend} to end")
+    assert count(engine) == 0
+    assert index_definitions(engine) == before

@@ -74,8 +74,24 @@ def migrations(tmp_path: Path) -> Migrations:
             Server(128 * MB, 2048 * MB, 4, True, 1024 * MB, 1024 * MB),
             {"max_parallel_maintenance_workers": "0"},
         ),
+        # /dev/shm larger than the 192MB budget but below 4/3 of it (256MB): serial, since
+        # a parallel build needs about a third more shared memory than maintenance_work_mem.
+        (
+            Server(128 * MB, 64 * MB, 2, True, 512 * MB, 200 * MB),
+            {"maintenance_work_mem": "192MB", "max_parallel_maintenance_workers": "0"},
+        ),
+        # /dev/shm of exactly 4/3 of the budget holds it: parallel.
+        (Server(128 * MB, 64 * MB, 2, True, 512 * MB, 256 * MB), {"maintenance_work_mem": "192MB"}),
     ],
-    ids=["compose", "large host", "unreadable", "sysv shared memory", "tuned server"],
+    ids=[
+        "compose",
+        "large host",
+        "unreadable",
+        "sysv shared memory",
+        "tuned server",
+        "shm between the budget and 4/3 of it",
+        "shm of 4/3 of the budget",
+    ],
 )
 def test_build_memory_is_sized_for_the_server(server: Server, expected: dict[str, str]) -> None:
     assert builds.plan(server) == expected
@@ -173,7 +189,7 @@ def test_offline_sql_sets_only_the_overrides(migrations: Migrations) -> None:
     plain = migrations.run("upgrade", "head", "--sql")
     assert overridden.returncode == plain.returncode == 0, overridden.stderr + plain.stderr
     statements = [line for line in overridden.stdout.splitlines() if line.strip()]
-    assert statements[1:4] == [
+    assert statements[2:5] == [
         "SET lock_timeout = '5s';",
         "SET statement_timeout = '5min';",
         "SET maintenance_work_mem = '2GB';",

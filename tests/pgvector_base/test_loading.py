@@ -8,6 +8,7 @@ bit for bit against an implementation other than the loader's.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,13 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 from pgvector import HalfVector, SparseVector, Vector
-from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
+from pgvector.sqlalchemy import BIT, HALFVEC, SPARSEVEC, VECTOR
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     Column,
+    DateTime,
     Engine,
+    Float,
     Index,
     MetaData,
     SmallInteger,
@@ -31,11 +34,23 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    func,
+    select,
     text,
+)
+from sqlalchemy import (
+    table as table_clause,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from pgvector_base.loading import BuildSettings, LoadError, SettingError, copy_rows, load
+from pgvector_base.loading import (
+    BuildSettings,
+    LoadError,
+    SettingError,
+    UnloadableError,
+    copy_rows,
+    load,
+)
 from tests.conftest import CreateDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -436,7 +451,7 @@ def test_finite_values_at_the_limits_of_the_types_load(engine: Engine) -> None:
 def test_a_column_type_without_an_encoder_is_refused(engine: Engine) -> None:
     documents = Table("documents", MetaData(), Column("body", JSON))
     with (
-        pytest.raises(TypeError, match="column body has type JSON, which the binary loader"),
+        pytest.raises(UnloadableError, match="column body has type JSON, which the binary loader"),
         engine.begin() as connection,
     ):
         copy_rows(connection, documents, [])
@@ -633,3 +648,226 @@ def test_psycopg3_connections_load_the_same_bytes_and_report_build_notices(
     assert result.rebuilt_indexes == ("ix_loading_document_embedding",)
     assert len(result.notices) == 1
     assert "hnsw graph no longer fits into maintenance_work_mem after" in result.notices[0]
+
+
+def exactly(message: str) -> str:
+    """A ``match`` pattern for exactly ``message``."""
+    return f"^{re.escape(message)}$"
+
+
+def table_state(engine: Engine, table: str) -> tuple[list[tuple[str, str]], list[str], int]:
+    """What a failed load must leave as it was: the table's indexes (pg_indexes), its columns
+    with their types, and its row count."""
+    with engine.connect() as connection:
+        indexes = connection.execute(
+            text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = :t ORDER BY 1"),
+            {"t": table},
+        ).all()
+        columns = connection.execute(
+            text(
+                "SELECT attname || ' ' || format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(quote_ident(:t)) AND attnum > 0 ORDER BY attnum"
+            ),
+            {"t": table},
+        ).scalars()
+        rows = connection.execute(
+            select(func.count()).select_from(table_clause(table))
+        ).scalar_one()
+        return [(name, definition) for name, definition in indexes], list(columns), rows
+
+
+def indexed_table(name: str, *columns: Column[Any]) -> Table:
+    """A table of the test's own with an id, ``columns`` and an embedding with an HNSW index,
+    created in the module's database."""
+    table = Table(
+        name,
+        MetaData(),
+        Column("id", BigInteger, primary_key=True),
+        *columns,
+        Column("embedding", VECTOR(DIM)),
+        Index(
+            f"ix_{name}",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_l2_ops"},
+        ),
+    )
+    return table
+
+
+TIMED = indexed_table("loading_timed", Column("at", DateTime))
+WEIGHED = indexed_table("loading_weighed", Column("weight", Float))
+FLAGGED = indexed_table("loading_flagged", Column("bits", BIT(8)))
+# The loading_document table as a model out of step with the database would describe it.
+STALE_DIMENSIONS = Table(
+    "loading_document",
+    MetaData(),
+    Column("id", BigInteger, primary_key=True),
+    Column("embedding", VECTOR(DIM)),
+)
+STALE_COLUMNS = Table(
+    "loading_document",
+    MetaData(),
+    Column("id", BigInteger, primary_key=True),
+    Column("title", String(20)),
+)
+SUPPORTED = "supported: integers, booleans, strings, VECTOR, HALFVEC, SPARSEVEC"
+ADVICE = "run the migrations (alembic upgrade head) or fix the model of loading_document"
+
+
+@pytest.mark.parametrize(
+    ("table", "columns", "message"),
+    [
+        (
+            TIMED,
+            None,
+            "column at has type TIMESTAMP WITHOUT TIME ZONE, which the binary loader does not "
+            f"encode; {SUPPORTED} (pass columns= to leave it to its default)",
+        ),
+        (
+            WEIGHED,
+            None,
+            "column weight has type FLOAT, which the binary loader does not encode; "
+            f"{SUPPORTED} (pass columns= to leave it to its default)",
+        ),
+        (
+            FLAGGED,
+            None,
+            "column bits has type BIT(8), which the binary loader does not encode; "
+            f"{SUPPORTED} (pass columns= to leave it to its default)",
+        ),
+        (
+            DOCUMENT,
+            ["id", "embeding"],
+            "columns= names embeding, not a column of loading_document; loading_document has "
+            "id, name, description, embedding",
+        ),
+        (
+            DOCUMENT,
+            ["id", "id"],
+            "columns= names id more than once; loading_document has id, name, description, "
+            "embedding",
+        ),
+        (
+            STALE_DIMENSIONS,
+            None,
+            "loading_document.embedding is vector(1536) in the database and vector(8) in the "
+            f"model; {ADVICE}",
+        ),
+        (STALE_COLUMNS, None, f"loading_document has no column title in the database; {ADVICE}"),
+    ],
+    ids=["DateTime", "Float", "BIT", "unknown column", "repeated column", "dimensions", "column"],
+)
+def test_what_cannot_be_loaded_is_refused_before_the_indexes_are_dropped(
+    engine: Engine, table: Table, columns: list[str] | None, message: str
+) -> None:
+    """The caller who catches the error and commits keeps the table's index."""
+    table.metadata.create_all(engine, [table]) if table.name != "loading_document" else None
+    before = table_state(engine, table.name)
+    assert before[0], "the table has its vector index"
+    with engine.connect() as connection:
+        with pytest.raises(UnloadableError, match=exactly(message)):
+            load(connection, table, [(1, None, [1.0] * DIM)], columns=columns)
+        connection.commit()
+    assert table_state(engine, table.name) == before
+
+
+def test_a_failure_after_the_indexes_are_dropped_fails_the_transaction(engine: Engine) -> None:
+    """The rows' source breaks between two COPYs, outside either: a caller who commits anyway
+    gets a rollback, and the index back, not three rows and no index."""
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        yield from documents(3)
+        raise LoadError(4, "not JSON")
+
+    before = table_state(engine, "loading_document")
+    with engine.connect() as connection:
+        with pytest.raises(LoadError, match=exactly("line 4: not JSON")):
+            load(connection, DOCUMENT, rows(), batch_size=3)
+        connection.commit()
+    assert table_state(engine, "loading_document") == before
+
+
+def test_a_sparse_vector_an_hnsw_index_cannot_take_is_named_by_its_line(engine: Engine) -> None:
+    """pgvector's HNSW index takes at most 1,000 non-zero elements: a first load rebuilding it
+    would fail without naming the row. The server's own index build is the oracle for the limit:
+    1,000 build."""
+    table = Table(
+        "loading_sparse",
+        MetaData(),
+        Column("id", BigInteger, primary_key=True),
+        Column("embedding", SPARSEVEC(2000)),
+        Index(
+            "ix_loading_sparse",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "sparsevec_l2_ops"},
+        ),
+    )
+    table.metadata.create_all(engine)
+    before = table_state(engine, "loading_sparse")
+
+    def dense(count: int) -> SparseVector:
+        return SparseVector(dict.fromkeys(range(count), 1.0), 2000)
+
+    rows = [(1, dense(3)), (2, dense(1001)), (3, dense(5))]
+    with engine.connect() as connection:
+        with pytest.raises(LoadError) as failed:
+            load(connection, table, rows)
+        connection.commit()
+    assert str(failed.value) == (
+        "line 2: embedding: 1001 non-zero elements; its HNSW index ix_loading_sparse takes at "
+        "most 1000"
+    )
+    assert table_state(engine, "loading_sparse") == before
+    with engine.begin() as connection:
+        result = load(connection, table, [(1, dense(1000))])
+        connection.rollback()
+    assert result.rebuilt_indexes == ("ix_loading_sparse",)
+
+
+def test_a_load_into_a_table_that_has_rows_analyzes_it(engine: Engine) -> None:
+    """The planner's statistics must cover the rows of every load, not only the first."""
+    statistics = text(
+        "SELECT histogram_bounds::text FROM pg_stats "
+        "WHERE tablename = 'loading_document' AND attname = 'id'"
+    )
+    with engine.begin() as connection:
+        load(connection, DOCUMENT, documents(30, first=1))
+    with engine.begin() as connection:
+        second = load(connection, DOCUMENT, documents(30, first=5001))
+    with engine.connect() as connection:
+        histogram = connection.scalar(statistics)
+    assert second.rebuilt_indexes == ()
+    assert histogram.startswith("{1,")
+    assert histogram.endswith(",5030}")
+
+
+def test_table_names_reach_sql_only_quoted(engine: Engine) -> None:
+    """A name with ``:v2`` in it would be a bind parameter if it were spliced into text()."""
+    table = indexed_table("loading items :v2 100%")
+    table.metadata.create_all(engine)
+    before = table_state(engine, table.name)
+    with engine.begin() as connection:
+        result = load(connection, table, [(1, [1.0] * DIM), (2, [2.0] * DIM)])
+    indexes, columns, rows = table_state(engine, table.name)
+    assert result.rebuilt_indexes == ('"ix_loading items :v2 100%"',)
+    assert (indexes, columns, rows) == (before[0], before[1], 2)
+
+
+def test_the_server_watches_for_a_lost_client_during_a_load_only(engine: Engine) -> None:
+    """A killed loader's index build must stop within seconds; the setting must not stay on the
+    connection, which a pool hands to someone else."""
+    interval = text("SELECT current_setting('client_connection_check_interval')")
+    seen: list[str | None] = []
+    with engine.begin() as connection:
+        load(
+            connection,
+            DOCUMENT,
+            documents(3),
+            progress=lambda _: seen.append(connection.scalar(interval)),
+        )
+        after = connection.scalar(interval)
+    with engine.connect() as connection:
+        later = connection.scalar(interval)
+    assert (seen, after, later) == (["5s"], "5s", "0")

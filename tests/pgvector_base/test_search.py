@@ -6,15 +6,18 @@ The plans are PostgreSQL's own choice on realistic tables (a few thousand analyz
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from pgvector import Vector
-from pgvector.sqlalchemy import HALFVEC, VECTOR
+from pgvector import HalfVector, SparseVector, Vector
+from pgvector.sqlalchemy import BIT, HALFVEC, VECTOR
 from sqlalchemy import BigInteger, Engine, Index, String, Text, create_engine, event, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pgvector_base.database import DatabaseConfigError
@@ -127,6 +130,11 @@ def session(engine: Engine) -> Iterator[Session]:
     """A session on the module's database."""
     with session_factory(engine)() as session:
         yield session
+
+
+def exactly(message: str) -> str:
+    """A ``match`` pattern for exactly ``message``."""
+    return f"^{re.escape(message)}$"
 
 
 def stored(session: Session, column: Any, key: int) -> list[float]:
@@ -394,3 +402,229 @@ def test_nearest_keys_is_nearest_without_objects_on_the_same_index(
     assert "Index Scan using ix_search_item_cosine" in plan(
         engine, lambda: search.nearest_keys(session, query, 10, where=where, settings=settings)
     )
+
+
+def accepted_by_the_server(engine: Engine, setting: str, value: int) -> bool:
+    """Whether a session that has loaded pgvector takes ``value`` for ``setting``."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("LOAD 'vector'")
+        try:
+            connection.execute(
+                text("SELECT set_config(:name, :value, true)"),
+                {
+                    "name": setting,
+                    "value": str(value),
+                },
+            )
+        except DBAPIError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize(
+    ("field", "setting"),
+    [
+        ("ef_search", "hnsw.ef_search"),
+        ("max_scan_tuples", "hnsw.max_scan_tuples"),
+        ("probes", "ivfflat.probes"),
+        ("max_probes", "ivfflat.max_probes"),
+    ],
+)
+def test_settings_are_checked_against_pgvectors_ranges_on_every_connection(
+    engine: Engine, field: str, setting: str
+) -> None:
+    """A fresh session takes any value before pgvector is loaded and then ignores it; a
+    session that has loaded pgvector refuses it. SearchSettings refuses exactly what pgvector
+    refuses (pg_settings gives the range), before any connection is involved."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("LOAD 'vector'")
+        low, high = connection.execute(
+            text("SELECT min_val::bigint, max_val::bigint FROM pg_settings WHERE name = :name"),
+            {"name": setting},
+        ).one()
+    for value in (low - 1, low, high, high + 1):
+        if accepted_by_the_server(engine, setting, value):
+            SearchSettings(**{field: value})
+            continue
+        message = f"{field} must be a whole number from {low} to {high} (pgvector's {setting})"
+        with pytest.raises(ValueError, match=exactly(f"{message}, not {value}")):
+            SearchSettings(**{field: value})
+
+
+@pytest.mark.parametrize("k", [3.5, 0, 2**31, True, "10"])
+def test_k_must_be_a_whole_number_the_server_takes(session: Session, k: Any) -> None:
+    search = VectorSearch(Product, Product.embedding)
+    query = stored(session, Product.embedding, 7)
+    with pytest.raises(
+        ValueError, match=exactly(f"k must be a whole number from 1 to 2147483647, not {k!r}")
+    ):
+        search.nearest(session, query, k)
+    assert len(search.nearest(session, query, np.int64(3))) == 3
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_query_with_nan_or_infinity_is_refused_in_one_line(session: Session, bad: float) -> None:
+    search = VectorSearch(Product, Product.embedding)
+    query = [*stored(session, Product.embedding, 7)[:-1], bad]
+    with pytest.raises(
+        ValueError,
+        match=exactly("the query vector has NaN or infinite values, which have no distance"),
+    ):
+        search.nearest_keys(session, query, 5)
+
+
+def test_a_query_outside_the_columns_range_is_refused(session: Session) -> None:
+    search = VectorSearch(Item, Item.half)
+    with pytest.raises(
+        ValueError, match=exactly("the query vector has values outside the range of Item.half")
+    ):
+        search.nearest(session, [70000.0] * ITEM_DIM)
+
+
+def test_a_zero_query_under_cosine_distance_is_refused(session: Session) -> None:
+    """The server answers rows with NaN distances, in no order at all."""
+    search = VectorSearch(Product, Product.embedding)
+    with pytest.raises(
+        ValueError, match=exactly("the query vector is all zeros, which has no cosine distance")
+    ):
+        search.nearest(session, [0.0] * EMBEDDING_DIM)
+    # L2 distance from zero is every row's norm: a fine query.
+    l2 = VectorSearch(Item, Item.embedding, Distance.L2)
+    assert len(l2.nearest(session, [0.0] * ITEM_DIM, 3)) == 3
+
+
+@pytest.mark.parametrize(
+    ("attribute", "distance", "convert"),
+    [
+        (Item.embedding, Distance.COSINE, HalfVector),
+        (Item.embedding, Distance.COSINE, SparseVector),
+        (Item.embedding, Distance.L2, HalfVector),
+        (Item.half, None, Vector),
+        (Item.half, None, SparseVector),
+    ],
+    ids=[
+        "halfvec on vector",
+        "sparsevec on vector",
+        "halfvec on ivfflat",
+        "vector on halfvec",
+        "sparsevec on halfvec",
+    ],
+)
+def test_query_vectors_of_another_pgvector_type_are_converted_to_the_columns(
+    session: Session, attribute: Any, distance: Distance | None, convert: type
+) -> None:
+    """The same neighbours and distances as the same values sent as a list: what the server
+    computes when it casts the query to the column's type."""
+    search = VectorSearch(Item, attribute, distance)
+    values = HalfVector(stored(session, attribute, 11)).to_list()  # exact in every type
+    settings = SearchSettings(probes=20) if search.index.method == "ivfflat" else SearchSettings()
+    by_type = search.nearest_keys(session, convert(values), 10, settings=settings)
+    by_list = search.nearest_keys(session, values, 10, settings=settings)
+    assert by_type == by_list
+    assert by_type[0][0] == 11
+
+
+def test_a_column_type_search_cannot_query_is_refused() -> None:
+    """A bit column's hamming index is a vector index, but a query vector is not a bit string."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Fingerprint(Base):
+        __tablename__ = "search_fingerprint"
+
+        id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+        bits: Mapped[str] = mapped_column(BIT(64))
+
+        __table_args__ = (
+            Index(
+                "ix_search_fingerprint_bits",
+                "bits",
+                postgresql_using="hnsw",
+                postgresql_ops={"bits": "bit_hamming_ops"},
+            ),
+        )
+
+    message = "Fingerprint.bits is BIT(64); VectorSearch searches VECTOR, HALFVEC and SPARSEVEC"
+    with pytest.raises(NoIndexError, match=exactly(f"{message} columns")):
+        VectorSearch(Fingerprint, Fingerprint.bits)
+
+
+def test_a_partial_index_is_not_taken_as_the_columns_index(engine: Engine) -> None:
+    """A partial index serves only queries whose filter implies its predicate: the server's plan
+    for an unfiltered search on it is a scan of the whole table."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Listing(Base):
+        __tablename__ = "search_listing"
+
+        id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+        active: Mapped[bool]
+        embedding: Mapped[list[float]] = mapped_column(VECTOR(ITEM_DIM))
+
+        __table_args__ = (
+            Index(
+                "ix_search_listing_active",
+                "embedding",
+                postgresql_using="hnsw",
+                postgresql_ops={"embedding": "vector_l2_ops"},
+                postgresql_where=text("active"),
+            ),
+        )
+
+    with pytest.raises(
+        NoIndexError,
+        match=exactly(
+            "Listing.embedding has no HNSW or IVFFlat index, so every search would scan the whole "
+            "table; declare one in the model's __table_args__"
+        ),
+    ):
+        VectorSearch(Listing, Listing.embedding)
+    # The oracle: PostgreSQL cannot use the partial index for the unfiltered shape, even with
+    # sequential scans priced out, and uses it for the filtered one.
+    with engine.begin() as connection:
+        Base.metadata.create_all(connection)
+        connection.execute(
+            text(
+                "INSERT INTO search_listing SELECT i, i % 2 = 0, "
+                f"array_fill(i::real, ARRAY[{ITEM_DIM}])::vector FROM generate_series(1, 2000) i"
+            )
+        )
+        connection.execute(text("ANALYZE search_listing"))
+        connection.execute(text("SET LOCAL enable_seqscan = off"))
+        query = f"'[{','.join(['1'] * ITEM_DIM)}]'"
+        unfiltered = "\n".join(
+            connection.exec_driver_sql(
+                f"EXPLAIN SELECT id FROM search_listing ORDER BY embedding <-> {query} LIMIT 5"
+            ).scalars()
+        )
+        filtered = "\n".join(
+            connection.exec_driver_sql(
+                f"EXPLAIN SELECT id FROM search_listing WHERE active "
+                f"ORDER BY embedding <-> {query} LIMIT 5"
+            ).scalars()
+        )
+        connection.rollback()
+    assert "ix_search_listing_active" not in unfiltered
+    assert "Index Scan using ix_search_listing_active" in filtered
+
+
+def test_configured_settings_end_with_a_commit(database_url: URL) -> None:
+    """Committed, configure()'s settings must not stay on the connection, which the pool hands to
+    the next request (a session-level SET would; a rollback would undo that too)."""
+    engine = create_app_engine(database_url, EngineSettings(pool_size=1, max_overflow=0))
+    search = VectorSearch(Product, Product.embedding)
+    backend = text("SELECT pg_backend_pid(), current_setting('hnsw.ef_search')")
+    try:
+        with session_factory(engine)() as session:
+            query = stored(session, Product.embedding, 7)
+            search.configure(session, SearchSettings(ef_search=4))
+            configured = len(search.nearest(session, query, 10)), *session.execute(backend).one()
+            session.commit()
+            after = len(search.nearest(session, query, 10)), *session.execute(backend).one()
+    finally:
+        engine.dispose()
+    assert configured[0] == 4
+    assert after == (10, configured[1], "40")
