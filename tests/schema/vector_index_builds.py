@@ -10,6 +10,8 @@ from sqlalchemy import Connection, Index, MetaData, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateSchema
 
+from pgvector_base.migration.rendering import register_types
+
 VECTOR_METHODS = {"hnsw", "ivfflat"}
 # How the index came out: the catalogs' answer, independent of what SQLAlchemy rendered.
 BUILT_INDEX = text(
@@ -41,8 +43,10 @@ def create_all(connection: Connection, metadata: MetaData) -> None:
     """``metadata.create_all``, after creating the schemas its tables and types name.
 
     ``create_all`` creates tables, indexes and enum types, but no schema; the migrations do
-    (``pgvector_base.migration.schemas``).
+    (``pgvector_base.migration.schemas``). The dialect learns what migrations teach it first, such
+    as writing a full-text index's ``'english'::regconfig``.
     """
+    register_types(connection.dialect)
     schemas = {table.schema for table in metadata.tables.values()}
     schemas |= {
         getattr(column.type, "schema", None)
