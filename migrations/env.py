@@ -52,7 +52,8 @@ def configure(**kwargs: Any) -> None:
         compare_type=True,
         # Alembic's comparators plus ours: index definitions and vector dimensions; before any
         # comparison, a check of the models' vector indexes against pgvector; after it, CREATE
-        # SCHEMA where needed, and no stored vector dropped unasked. (Enum types compare through
+        # SCHEMA where needed, no stored vector dropped unasked, and the library type each of the
+        # team's own column types is written as. (Enum types compare through
         # alembic-postgresql-enum, which needs no entry here: see enums.py.)
         autogenerate_plugins=[
             "alembic.autogenerate.*",
@@ -60,6 +61,7 @@ def configure(**kwargs: Any) -> None:
             validation.PLUGIN_NAME,
             schemas.PLUGIN_NAME,
             stored_vectors.PLUGIN_NAME,
+            rendering.PLUGIN_NAME,
         ],
         render_item=rendering.render_item,
         **kwargs,
@@ -77,26 +79,29 @@ def database_url() -> URL:
 def run_migrations_offline() -> None:
     """Write the migrations as SQL (``alembic upgrade --sql``) without connecting anywhere.
 
-    The script starts by setting the migration timeouts and creating the ``vector`` extension,
-    so it applies to an empty database as safely as ``alembic upgrade`` would.
+    The script starts by creating the ``vector`` extension, then sets the migration timeouts in
+    the migrations' transaction, so it applies to an empty database as safely as
+    ``alembic upgrade`` would.
     """
     configure(dialect_name="postgresql", literal_binds=True, dialect_opts={"paramstyle": "named"})
+    context.execute(locking.CREATE_EXTENSION_SQL)
     with context.begin_transaction():
         for statement in timeouts.statements() + builds.statements():
             context.execute(statement)
-        context.execute(locking.CREATE_EXTENSION_SQL)
         context.run_migrations()
 
 
 def run_migrations_on(connection: Connection) -> None:
-    """Run the migrations on ``connection`` while holding the migration lock."""
-    rendering.register_vector_types(connection.dialect)
+    """Run the migrations on ``connection`` while holding the migration lock; the ``vector``
+    extension is created and committed first, so that others creating it meanwhile do not wait."""
+    rendering.register_types(connection.dialect)
     excluded = exclusion.Exclusion(
         target_metadata,
         connection,
         exclusion.parse_patterns(config.get_main_option(exclusion.EXCLUDE_TABLES_OPTION)),
     )
     with locking.migration_lock(connection):
+        installed = locking.create_vector_extension(connection)
         configure(
             connection=connection,
             include_schemas=True,
@@ -104,11 +109,15 @@ def run_migrations_on(connection: Connection) -> None:
             include_object=excluded.include_object,
         )
         with context.begin_transaction():
+            locking.check_held(connection)
             timeouts.apply(connection)
             builds.apply(connection)
-            installed = locking.create_vector_extension(connection)
             validation.check_pgvector_version(installed, target_metadata)
             context.run_migrations()
+            # The settings are the session's, to last through autocommit_block(): leave the
+            # connection as it came, whoever uses it next.
+            builds.reset(connection)
+            timeouts.reset(connection)
 
 
 def run_migrations_online() -> None:

@@ -35,6 +35,8 @@ from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from pgvector_base.migration import timeouts
+
 log = logging.getLogger(__name__)
 
 MAINTENANCE_WORK_MEM_ENV = "MIGRATION_MAINTENANCE_WORK_MEM"
@@ -57,6 +59,7 @@ SERVER_SETTINGS = text(
 )
 # Not SET LOCAL: the settings must outlast the migration transaction, as the timeouts do.
 SET_SESSION = text("SELECT set_config(:name, :value, false)")
+SETTINGS = ("maintenance_work_mem", "max_parallel_maintenance_workers")
 READ_FILE = text("SELECT pg_read_file(:path, 0, 1 << 20, true)")
 # cgroup v2, then v1; "max" or a huge number means no limit.
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -147,9 +150,7 @@ def apply(connection: Connection) -> None:
     settings: dict[str, str | None] = {**plan(describe(connection)), **given}
     for name, value in settings.items():
         if value is not None:
-            connection.execute(
-                text("SELECT set_config(:name, :value, false)"), {"name": name, "value": value}
-            )
+            connection.execute(SET_SESSION, {"name": name, "value": value})
     if settings:
         log.info(
             "Index builds: %s",
@@ -157,3 +158,9 @@ def apply(connection: Connection) -> None:
                 f"{name} = {value or 'the server setting'}" for name, value in settings.items()
             ),
         )
+
+
+def reset(connection: Connection) -> None:
+    """Set the build settings back to the session's initial values, at the end of the migration
+    transaction: a pooler hands the connection to others."""
+    timeouts.reset(connection, SETTINGS)

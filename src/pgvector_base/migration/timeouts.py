@@ -10,6 +10,12 @@ locks once it has them. Both are set for the migration session (they survive the
 * ``MIGRATION_DDL_LOCK_TIMEOUT`` (default ``5s``) becomes ``lock_timeout``;
 * ``MIGRATION_STATEMENT_TIMEOUT`` (default ``5min``) becomes ``statement_timeout``.
 
+The session also checks every few seconds that its client is still there
+(``client_connection_check_interval``, PostgreSQL 14+ where the platform allows it): a killed run's
+index build then stops at once instead of holding its locks, and the migration lock, to the end.
+It is set with ``SET``, not as a startup option, which poolers refuse. :func:`reset` sets all
+three back at the end of the run, for whoever uses the connection next.
+
 Durations are a number with an optional unit (``ms``, ``s``, ``min``, ``h``; a bare number means
 seconds); ``0`` means no limit. ``CREATE INDEX CONCURRENTLY`` belongs inside :func:`lifted`.
 """
@@ -18,12 +24,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from alembic import op
 from alembic.util import CommandError
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 DDL_LOCK_TIMEOUT_ENV = "MIGRATION_DDL_LOCK_TIMEOUT"
@@ -34,6 +41,21 @@ DEFAULT_DDL_LOCK_TIMEOUT = "5s"
 # A statement that runs longer than this while holding a lock is an outage; vector indexes on
 # populated tables belong in CREATE INDEX CONCURRENTLY, which this limit does not cover.
 DEFAULT_STATEMENT_TIMEOUT = "5min"
+
+# Often enough that a killed run's build stops within seconds; each check is one system call.
+CLIENT_CHECK_INTERVAL = "5s"
+# A subtransaction that swallows the refusal of servers that have no such setting (before 14) or
+# cannot check (some platforms): they keep working as before.
+WATCH_CLIENT = f"""
+DO $$ BEGIN
+    PERFORM set_config('client_connection_check_interval', '{CLIENT_CHECK_INTERVAL}', false);
+EXCEPTION WHEN undefined_object OR invalid_parameter_value THEN NULL;
+END $$
+"""
+# RESET, for the settings this server has: reset_val is what the session started with.
+RESET_SQL = text(
+    "SELECT set_config(name, reset_val, false) FROM pg_settings WHERE name = ANY(:names)"
+)
 
 UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}
 DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|min|h)?")
@@ -78,9 +100,19 @@ def apply(connection: Connection) -> None:
 
     Call it inside the migration transaction: the values outlast its commit (they are session
     settings, not ``SET LOCAL``), so they also govern what runs after an ``autocommit_block()``.
+    The session also watches for its client going away (``CLIENT_CHECK_INTERVAL``).
     """
-    for statement in statements():
+    for statement in [*statements(), WATCH_CLIENT]:
         connection.exec_driver_sql(statement)
+
+
+def reset(connection: Connection, names: Iterable[str] | None = None) -> None:
+    """Set ``names`` (by default what :func:`apply` sets) back to the session's initial values.
+
+    Call it at the end of the migration transaction: a pooler hands the connection to others.
+    """
+    names = [*settings(), "client_connection_check_interval"] if names is None else names
+    connection.execute(RESET_SQL, {"names": list(names)})
 
 
 @contextmanager

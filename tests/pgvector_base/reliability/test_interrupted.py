@@ -3,10 +3,12 @@
 The migration adds a column, waits at a gate, then creates a table. The gate is an advisory lock
 that the test holds: the migration's statement polls it and ends once the test releases it, so the
 process is killed while the server runs that statement, however slowly either side starts.
-PostgreSQL rolls the migration's transaction back once it notices the client is gone, which it
-does when the running statement ends: until then, that session still holds its locks and the
-migration lock, so a run started meanwhile waits for it rather than racing it. Interrupted
-concurrent index builds are recovered by ``pgvector_base.migration.indexes`` (its own tests).
+PostgreSQL rolls the migration's transaction back once it notices the client is gone: the
+migration session checks every few seconds (``client_connection_check_interval``), so a long
+statement, such as an index build, stops then instead of running to its end. Until then, that
+session still holds its locks and the migration lock, so a run started meanwhile waits for it
+rather than racing it. Interrupted concurrent index builds are recovered by
+``pgvector_base.migration.indexes`` (its own tests).
 """
 
 from __future__ import annotations
@@ -111,6 +113,24 @@ def schema(url: URL) -> tuple[list[str], set[str], set[str]]:
     return versions, tables, columns
 
 
+def backend_gone(url: URL, backend: int) -> None:
+    """Wait until server process ``backend`` has ended."""
+    gone = f"SELECT true WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = {backend})"
+    poll(lambda: first_value(url, gone), f"backend {backend} to end")
+
+
+def test_killed_run_stops_its_statement_without_waiting_for_it_to_end(
+    migrations: Migrations, fresh_database_url: URL
+) -> None:
+    """The gate stays closed: only noticing the lost client ends the statement."""
+    migrations.add("widget", CREATE_WIDGET)
+    migrations.add("slow", SLOW_MIGRATION)
+    with gate_closed(fresh_database_url):
+        backend = kill_at_the_gate(migrations, fresh_database_url)
+        backend_gone(fresh_database_url, backend)
+        assert first_value(fresh_database_url, "SELECT to_regclass('widget')::text") is None
+
+
 def test_killed_migration_leaves_the_previous_revision_and_reruns(
     migrations: Migrations, fresh_database_url: URL
 ) -> None:
@@ -120,8 +140,7 @@ def test_killed_migration_leaves_the_previous_revision_and_reruns(
     before = schema(fresh_database_url)
     with gate_closed(fresh_database_url):
         backend = kill_at_the_gate(migrations, fresh_database_url)
-    gone = f"SELECT true WHERE NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = {backend})"
-    poll(lambda: first_value(fresh_database_url, gone), f"backend {backend} to end")
+    backend_gone(fresh_database_url, backend)
     assert schema(fresh_database_url) == before
     assert before[0] == [previous]
     rerun = migrations.run("upgrade", "head")
@@ -133,7 +152,7 @@ def test_killed_migration_leaves_the_previous_revision_and_reruns(
 def test_run_started_before_the_server_rolled_back_waits_for_it(
     migrations: Migrations, fresh_database_url: URL, tmp_path: Path
 ) -> None:
-    """The killed run's statement lasts until the run that follows is waiting for the lock.
+    """The second run starts while the first runs its statement, which goes on past the kill.
 
     Were the migration lock held apart from the migration's own session, the second run would
     start at once, and its ALTER TABLE would fail on the lock the dying transaction still holds.
@@ -142,7 +161,8 @@ def test_run_started_before_the_server_rolled_back_waits_for_it(
     head = migrations.add("slow", SLOW_MIGRATION)
     log = tmp_path / "rerun.log"
     with log.open("w") as stderr, gate_closed(fresh_database_url):
-        kill_at_the_gate(migrations, fresh_database_url)
+        first = migrations.start("upgrade", "head")
+        poll(lambda: first_value(fresh_database_url, AT_THE_GATE), "the first run at the gate")
         rerun = migrations.start(
             "upgrade", "head", env={"MIGRATION_DDL_LOCK_TIMEOUT": "500ms"}, stderr=stderr
         )
@@ -152,6 +172,8 @@ def test_run_started_before_the_server_rolled_back_waits_for_it(
             lambda: True if WAITING in log.read_text() else rerun.poll(),
             "the second run to wait for the migration lock",
         )
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate(timeout=WAIT_LIMIT)
     try:
         rerun.communicate(timeout=WAIT_LIMIT)
     except subprocess.TimeoutExpired:
