@@ -13,23 +13,33 @@ registers the plugin; ``env.py`` enables it by name in ``autogenerate_plugins``.
 * a column comparator that compares pgvector types, and ``bit``, by their full DDL;
 * an index comparator that drops and recreates each index whose definition differs from the
   model's, that PostgreSQL marks INVALID, or that depends on a column whose pgvector type changes.
-  To compare definitions, the server itself deparses both sides: the model's indexes are built on
-  an empty temporary copy of the table, inside a savepoint that is rolled back, and read from the
+  To compare definitions, the server itself deparses both sides: each of the model's own
+  ``Index`` objects is built, one at a time, on an empty temporary table of the same name (its
+  schema translated to ``pg_temp``), inside a savepoint that is rolled back, and read from the
   catalog as the existing ones are (access method, ``WITH``, operator classes, each indexed
-  column or expression, ``WHERE``). No text normalisation of our own can drift from PostgreSQL's.
+  column or expression, ``WHERE``). No text normalisation of our own can drift from PostgreSQL's,
+  and no name is recomputed on a copy: a naming convention, ``index=True`` and unnamed indexes
+  keep the name the model gives them.
   A table's index drops come before its other changes and its index creations after them, so a
   type change never meets an index built for the old type, and the downgrade undoes the same steps
   in reverse.
+* a column comparator that compares a primary key column as PostgreSQL stores it, ``NOT NULL``,
+  whatever ``nullable=`` the model says: PostgreSQL refuses to drop ``NOT NULL`` from one.
+* primary keys as PostgreSQL stores them otherwise too: no unique constraint of their own
+  (``primary_key=True, unique=True``), which PostgreSQL never creates.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations.ops import (
+    AddConstraintOp,
     AlterColumnOp,
     CreateIndexOp,
     DropIndexOp,
@@ -37,14 +47,15 @@ from alembic.operations.ops import (
     ModifyTableOps,
 )
 from alembic.runtime.plugins import Plugin
-from alembic.util import DispatchPriority, PriorityDispatchResult
-from sqlalchemy import Column, Index, MetaData, Table, text
+from alembic.util import CommandError, DispatchPriority, PriorityDispatchResult
+from sqlalchemy import Column, Index, Table, UniqueConstraint, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.types import NullType, TypeEngine
 
 from pgvector_base.migration.rendering import concurrent_builds
+from pgvector_base.migration.validation import stored_name
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +65,10 @@ PLUGIN_NAME = "pgvector_base.pgvector"
 # The types pgvector indexes, as DDL spells them (`bit` includes `bit varying`).
 VECTOR_TYPES = ("vector", "halfvec", "sparsevec", "bit")
 
-# The empty copy of a table that the model's indexes are built on, for the server to deparse;
-# `pg_temp` names the session's own schema of temporary tables.
+# The empty copy of a table that the model's indexes are built on, for the server to deparse, has
+# the table's name in `pg_temp`, the session's own schema of temporary tables.
 TEMPORARY_SCHEMA = "pg_temp"
-SCRATCH_TABLE = "pgvector_base_scratch"
+
 
 # One row per index of a table (`:table`, a qualified name), with what the comparison needs,
 # straight from the catalog.
@@ -67,8 +78,9 @@ INDEX_QUERY = text(
            access_method.amname AS method,
            coalesce(index_class.reloptions, '{}') AS options,
            ix.indisvalid AS valid,
+           ix.indisunique AS unique,
            array(SELECT pg_get_indexdef(ix.indexrelid, position, true)
-                 FROM generate_series(1, ix.indnkeyatts) AS position
+                 FROM generate_series(1, ix.indnatts) AS position
                  ORDER BY position) AS elements,
            array(SELECT opclass.opcname
                  FROM unnest(ix.indclass::oid[]) WITH ORDINALITY AS key(oid, position)
@@ -97,10 +109,12 @@ INDEX_QUERY = text(
 class IndexShape:
     """An index definition as PostgreSQL deparses it, in the parts Alembic does not compare.
 
-    ``elements`` holds each indexed column or expression (``(embedding)::halfvec(3)``),
-    ``predicate`` the partial index's ``WHERE`` (``category = 1``), or ``None``.
+    ``elements`` holds each indexed column or expression (``(embedding)::halfvec(3)``), then
+    each ``INCLUDE`` column; ``predicate`` the partial index's ``WHERE`` (``category = 1``), or
+    ``None``.
     """
 
+    unique: bool
     method: str
     options: dict[str, str]
     operator_classes: tuple[str, ...]
@@ -148,6 +162,30 @@ def compare_vector_type(  # noqa: PLR0917 (Alembic passes a comparator's argumen
     return PriorityDispatchResult.STOP
 
 
+def compare_primary_key_nullable(  # noqa: PLR0917 (Alembic passes a comparator's arguments by position)
+    autogen_context: AutogenContext,
+    alter_column_op: AlterColumnOp,
+    schema: str | None,
+    tname: str,
+    cname: str,
+    conn_col: Column[Any],
+    metadata_col: Column[Any],
+) -> PriorityDispatchResult:
+    """Compare a primary key column's nullability as PostgreSQL stores it: ``NOT NULL``.
+
+    A model may declare one ``nullable=True``; PostgreSQL makes it ``NOT NULL`` anyway and refuses
+    the ``DROP NOT NULL`` that Alembic's own comparison would then write on every run. Stops
+    Alembic's comparison for primary key columns; other columns are left to it.
+    """
+    if not metadata_col.primary_key:
+        return PriorityDispatchResult.CONTINUE
+    alter_column_op.existing_nullable = conn_col.nullable
+    if conn_col.nullable:
+        alter_column_op.modify_nullable = False
+        log.info("Detected NOT NULL on primary key column '%s.%s'", tname, cname)
+    return PriorityDispatchResult.STOP
+
+
 def compare_indexes(  # noqa: PLR0917 (Alembic passes a comparator's arguments by position)
     autogen_context: AutogenContext,
     modify_ops: ModifyTableOps,
@@ -163,9 +201,14 @@ def compare_indexes(  # noqa: PLR0917 (Alembic passes a comparator's arguments b
     model marks ``postgresql_concurrently=True`` into concurrent builds.
     """
     if conn_table is not None and metadata_table is not None:
-        modify_ops.ops.extend(
-            changed_indexes(autogen_context, modify_ops, conn_table, metadata_table)
-        )
+        with comparing(metadata_table):
+            modify_ops.ops.extend(
+                changed_indexes(autogen_context, modify_ops, conn_table, metadata_table)
+            )
+    if metadata_table is not None:
+        modify_ops.ops = [
+            op for op in modify_ops.ops if not adds_primary_key_twice(op, metadata_table)
+        ]
     modify_ops.ops.sort(key=drops_first_creates_last)
     concurrent_builds(modify_ops.ops)
     return PriorityDispatchResult.CONTINUE
@@ -185,7 +228,13 @@ def changed_indexes(
     existing = existing_indexes(connection, qualified_name(conn_table, dialect))
     reflected = reflected_indexes(conn_table)
     handled = {
-        op.index_name for op in modify_ops.ops if isinstance(op, CreateIndexOp | DropIndexOp)
+        str(op.index_name) for op in modify_ops.ops if isinstance(op, CreateIndexOp | DropIndexOp)
+    }
+    # Alembic's own comparison drops and recreates an index whose expressions it reads as text
+    # unlike the server's (`coalesce(a, '') || b` against `COALESCE(a, ''::text) || b`); those the
+    # server builds alike are compared here too, and Alembic's drop and create withdrawn.
+    recreated = {str(op.index_name) for op in modify_ops.ops if isinstance(op, DropIndexOp)} & {
+        str(op.index_name) for op in modify_ops.ops if isinstance(op, CreateIndexOp)
     }
     retyped = {
         op.column_name
@@ -194,29 +243,88 @@ def changed_indexes(
         and op.modify_type is not None
         and (is_vector_type(op.modify_type, dialect) or is_vector_type(op.existing_type, dialect))
     }
-    compared = [
-        index
-        for index in metadata_table.indexes
-        if str(index.name) not in handled and str(index.name) in existing.keys() & reflected.keys()
-    ]
+    # Each model index by the name PostgreSQL stores it under, the name the database's go by.
+    compared = {
+        name: index
+        for index in sorted(metadata_table.indexes, key=lambda index: str(index.name))
+        if (name := stored_name(index, dialect)) is not None
+        and (name in recreated or not {name, str(index.name)} & handled)
+        and name in existing.keys() & reflected.keys()
+    }
     if not compared:
         return []
-    declared = declared_indexes(connection, conn_table, metadata_table, dialect)
+    declared = declared_indexes(connection, conn_table, metadata_table, compared, dialect)
     changes: list[MigrateOperation] = []
-    for index in compared:
-        name = str(index.name)
-        found = existing[name]
-        reasons = differences(declared[name], found)
-        if found.columns & retyped:
-            reasons.append(f"{', '.join(sorted(found.columns & retyped))} changes type")
-        if reasons and autogen_context.run_object_filters(
-            index, name, "index", False, reflected[name]
-        ):
-            log.info(
-                "Detected changed index %r on %r: %s", name, conn_table.name, "; ".join(reasons)
-            )
-            changes += [DropIndexOp.from_index(reflected[name]), CreateIndexOp.from_index(index)]
+    for name, index in compared.items():
+        with comparing(metadata_table, name):
+            found = existing[name]
+            reasons = differences(declared[index], found)
+            if found.columns & retyped:
+                reasons.append(f"{', '.join(sorted(found.columns & retyped))} changes type")
+            if name in recreated:
+                if not reasons:
+                    log.info(
+                        "Index %r on %r is unchanged as the server builds it", name, conn_table.name
+                    )
+                    modify_ops.ops = [op for op in modify_ops.ops if not recreates(op, name)]
+                continue
+            if reasons and autogen_context.run_object_filters(
+                index, name, "index", False, reflected[name]
+            ):
+                log.info(
+                    "Detected changed index %r on %r: %s",
+                    name,
+                    conn_table.name,
+                    "; ".join(reasons),
+                )
+                changes += [
+                    DropIndexOp.from_index(reflected[name]),
+                    CreateIndexOp.from_index(index),
+                ]
     return changes
+
+
+class ComparisonError(Exception):
+    """An unexpected error in the template's comparison, naming the table and index it was on."""
+
+
+@contextmanager
+def comparing(table: Table, index: str | None = None) -> Iterator[None]:
+    """Re-raise an unexpected error in the block as one naming ``table`` (and ``index``).
+
+    The original stays chained, with its traceback. Expected failures pass unchanged: a
+    one-line ``CommandError``, and a database error, which ``errors.py`` explains or shows with
+    the statement that failed.
+    """
+    try:
+        yield
+    except (CommandError, DBAPIError, ComparisonError):
+        raise
+    except Exception as error:
+        what = f"index {index} of table {table.fullname}" if index else f"table {table.fullname}"
+        raise ComparisonError(
+            f"unexpected error while comparing {what} with the database: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+
+def adds_primary_key_twice(op: MigrateOperation, table: Table) -> bool:
+    """Whether ``op`` adds a unique constraint on just ``table``'s primary key columns.
+
+    PostgreSQL does not create one (``Column(primary_key=True, unique=True)``): the primary key
+    is that constraint already, so Alembic would find it missing on every run.
+    """
+    if not isinstance(op, AddConstraintOp):
+        return False
+    constraint = op.to_constraint()
+    return isinstance(constraint, UniqueConstraint) and list(constraint.columns.keys()) == list(
+        table.primary_key.columns.keys()
+    )
+
+
+def recreates(op: MigrateOperation, name: str) -> bool:
+    """Whether ``op`` is the drop or the create of the index ``name``."""
+    return isinstance(op, CreateIndexOp | DropIndexOp) and str(op.index_name) == name
 
 
 def drops_first_creates_last(op: MigrateOperation) -> int:
@@ -247,6 +355,7 @@ def existing_indexes(connection: Connection, table: str) -> dict[str, ExistingIn
     for row in connection.execute(INDEX_QUERY, {"table": table}).mappings():
         indexes[row["name"]] = ExistingIndex(
             shape=IndexShape(
+                unique=row["unique"],
                 method=row["method"],
                 options=dict(option.split("=", 1) for option in row["options"]),
                 operator_classes=tuple(row["operator_classes"]),
@@ -260,36 +369,67 @@ def existing_indexes(connection: Connection, table: str) -> dict[str, ExistingIn
 
 
 def declared_indexes(
-    connection: Connection, conn_table: Table, metadata_table: Table, dialect: Dialect
-) -> dict[str, IndexShape | str]:
-    """The shape of each index of ``metadata_table``, as the server builds it on ``conn_table``.
+    connection: Connection,
+    conn_table: Table,
+    metadata_table: Table,
+    indexes: dict[str, Index],
+    dialect: Dialect,
+) -> dict[Index, IndexShape | str]:
+    """The shape of each of ``indexes`` (by name, of ``metadata_table``), as the server builds it
+    on ``conn_table``.
 
-    The indexes are built on an empty temporary table with ``conn_table``'s columns, in a
-    savepoint that is rolled back: nothing is left behind. An index the server refuses to build
-    there (it needs a column this migration adds) maps to the server's reason instead.
+    Each of the model's ``Index`` objects is itself built, one at a time, on an empty temporary
+    table of the same name with ``conn_table``'s columns: the model's schema is translated to
+    ``pg_temp``, so no copy of the index is made and no naming convention renames it. All of it
+    happens in a savepoint that is rolled back: nothing is left behind. An index the server
+    refuses to build there (it needs a column this migration adds) maps to the server's reason.
     """
-    scratch = metadata_table.to_metadata(
-        MetaData(naming_convention=metadata_table.metadata.naming_convention),
-        schema=TEMPORARY_SCHEMA,
-        name=SCRATCH_TABLE,
+    preparer = dialect.identifier_preparer
+    scratch = f"{TEMPORARY_SCHEMA}.{preparer.quote(metadata_table.name)}"
+    translated = connection.execution_options(
+        schema_translate_map={metadata_table.schema: TEMPORARY_SCHEMA}
     )
-    refused: dict[str, IndexShape | str] = {}
+    declared: dict[Index, IndexShape | str] = {}
     savepoint = connection.begin_nested()
     try:
         connection.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE {SCRATCH_TABLE} (LIKE {qualified_name(conn_table, dialect)})"
+            f"CREATE TEMPORARY TABLE {scratch} (LIKE {qualified_name(conn_table, dialect)})"
         )
-        for index in scratch.indexes:
-            index.dialect_options["postgresql"]["concurrently"] = False
-            try:
-                with connection.begin_nested():
-                    connection.execute(CreateIndex(index))
-            except DBAPIError as error:
-                refused[str(index.name)] = str(error.orig).splitlines()[0]
-        built = existing_indexes(connection, f"{TEMPORARY_SCHEMA}.{SCRATCH_TABLE}")
+        for name, index in indexes.items():
+            with comparing(metadata_table, name):
+                declared[index] = built_shape(translated, index, scratch)
     finally:
         savepoint.rollback()
-    return {name: found.shape for name, found in built.items()} | refused
+    return declared
+
+
+def built_shape(connection: Connection, index: Index, table: str) -> IndexShape | str:
+    """``index`` as the server builds it on the empty ``table``, or the server's reason not to.
+
+    The build is rolled back, so ``table`` has no index before or after.
+    """
+    savepoint = connection.begin_nested()
+    try:
+        with not_concurrently(index):
+            connection.execute(CreateIndex(index))
+        (built,) = existing_indexes(connection, table).values()
+        return built.shape
+    except DBAPIError as error:
+        return str(error.orig).splitlines()[0]
+    finally:
+        savepoint.rollback()
+
+
+@contextmanager
+def not_concurrently(index: Index) -> Iterator[None]:
+    """``index`` without ``postgresql_concurrently`` in the block: a transaction cannot build so."""
+    options = index.dialect_options["postgresql"]
+    concurrently = options["concurrently"]
+    options["concurrently"] = False
+    try:
+        yield
+    finally:
+        options["concurrently"] = concurrently
 
 
 def qualified_name(table: Table, dialect: Dialect) -> str:
@@ -331,6 +471,7 @@ def differences(declared: IndexShape | str, found: ExistingIndex) -> list[str]:
 
 
 DEFINITION_PARTS = (
+    ("unique", "unique"),
     ("method", "access method"),
     ("options", "WITH"),
     ("operator_classes", "operator classes"),
@@ -345,6 +486,13 @@ def setup(plugin: Plugin) -> None:
         compare_vector_type,
         "column",
         "types",
+        qualifier="postgresql",
+        priority=DispatchPriority.MEDIUM,
+    )
+    plugin.add_autogenerate_comparator(
+        compare_primary_key_nullable,
+        "column",
+        "nullable",
         qualifier="postgresql",
         priority=DispatchPriority.MEDIUM,
     )
