@@ -15,19 +15,44 @@ The engine works through a transaction-mode pooler (PgBouncer ``pool_mode = tran
 "pooled" endpoints of managed services) because it prepares no statement on the server: each
 transaction may run on another server connection, where a prepared statement of this client is
 missing or is another client's (see docs/application.md, "Behind a connection pooler").
+
+Async services get the same engine and sessions from :func:`create_async_app_engine` and
+:func:`async_session_factory`. Read replicas (``DATABASE_REPLICA_URLS``) serve the reads marked
+with :data:`READ_REPLICA`; everything else goes to the primary (docs/application.md, "Read
+replicas").
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import URL, Connection, ExceptionContext
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import InvalidRequestError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql.dml import UpdateBase
 
-from pgvector_base.database import DatabaseConfigError, resolve_url
+# Not in SQLAlchemy's documented API, but what its own await_ checks to raise MissingGreenlet.
+from sqlalchemy.util.concurrency import in_greenlet
+
+from pgvector_base.database import DatabaseConfigError, display, parse_url, resolve_url, scrub
+
+logger = logging.getLogger(__name__)
 
 POOL_SIZE_ENV = "DATABASE_POOL_SIZE"
 MAX_OVERFLOW_ENV = "DATABASE_MAX_OVERFLOW"
@@ -36,6 +61,16 @@ PREPARE_THRESHOLD_PARAMETER = "prepare_threshold"
 # PgBouncer's answer to libpq's "options" startup parameter (PGOPTIONS, ?options=), which it
 # does not pass on (unless listed in its ignore_startup_parameters).
 REFUSED_OPTIONS = "unsupported startup parameter: options"
+REPLICA_URLS_ENV = "DATABASE_REPLICA_URLS"
+REPLICA_OPTION = "replica"
+READ_REPLICA: Mapping[str, bool] = MappingProxyType({REPLICA_OPTION: True})
+"""Execution options that let a replica serve a read, as in
+``select(...).execution_options(**READ_REPLICA)``. Only reads marked so go to a replica, and only
+in a session that has not written."""
+REPLICA_RETRY_SECONDS = 30.0
+"""How long a replica that failed to connect is left out before reads try it again."""
+# Keys of Session.info.
+_PRIMARY_ONLY = "pgvector_base.read_from_primary"
 
 
 @dataclass(frozen=True)
@@ -91,6 +126,49 @@ def prepare_threshold(raw: str, name: str) -> int | None:
     return _whole_number(raw, name)
 
 
+def replica_urls(environ: Mapping[str, str] = os.environ) -> list[URL]:
+    """The read replicas' URLs from ``DATABASE_REPLICA_URLS`` (comma-separated; none if unset).
+
+    Each is checked like ``DATABASE_URL``, and no message quotes one: a comma in a password must
+    be URL-encoded (``%2C``).
+    """
+    raw = environ.get(REPLICA_URLS_ENV, "")
+    if not raw.strip():
+        return []
+    parts = [part.strip() for part in raw.split(",")]
+    if "" in parts:
+        raise DatabaseConfigError(
+            f"{REPLICA_URLS_ENV} has an empty entry; separate the URLs with single commas "
+            "(URL-encode a comma in a password as %2C)"
+        )
+    return [
+        parse_url(part, f"{REPLICA_URLS_ENV} (URL {number})")
+        for number, part in enumerate(parts, start=1)
+    ]
+
+
+def _engine_arguments(url: URL, settings: EngineSettings) -> tuple[URL, dict[str, Any]]:
+    """The URL (with ``settings.driver``) and keyword arguments shared by the sync and async
+    engines."""
+    threshold = settings.prepare_threshold
+    if PREPARE_THRESHOLD_PARAMETER in url.query:
+        raw = url.query[PREPARE_THRESHOLD_PARAMETER]
+        name = f"?{PREPARE_THRESHOLD_PARAMETER}= in the database URL"
+        threshold = prepare_threshold(raw if isinstance(raw, str) else raw[-1], name)
+        url = url.difference_update_query([PREPARE_THRESHOLD_PARAMETER])
+    connect_args: dict[str, object] = {"connect_timeout": settings.connect_timeout}
+    if settings.driver == "psycopg":
+        connect_args["prepare_threshold"] = threshold
+    return url.set(drivername=f"postgresql+{settings.driver}"), {
+        "pool_pre_ping": True,
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout,
+        "pool_recycle": settings.pool_recycle,
+        "connect_args": connect_args,
+    }
+
+
 def create_app_engine(url: URL | None = None, settings: EngineSettings | None = None) -> Engine:
     """An engine for ``url`` (default: :func:`~pgvector_base.database.resolve_url`), web-app pool.
 
@@ -102,27 +180,47 @@ def create_app_engine(url: URL | None = None, settings: EngineSettings | None = 
     where to set them instead.
     """
     settings = settings or EngineSettings.from_env()
-    url = url or resolve_url()
-    threshold = settings.prepare_threshold
-    if PREPARE_THRESHOLD_PARAMETER in url.query:
-        raw = url.query[PREPARE_THRESHOLD_PARAMETER]
-        name = f"?{PREPARE_THRESHOLD_PARAMETER}= in the database URL"
-        threshold = prepare_threshold(raw if isinstance(raw, str) else raw[-1], name)
-        url = url.difference_update_query([PREPARE_THRESHOLD_PARAMETER])
-    connect_args: dict[str, object] = {"connect_timeout": settings.connect_timeout}
-    if settings.driver == "psycopg":
-        connect_args["prepare_threshold"] = threshold
-    engine = create_engine(
-        url.set(drivername=f"postgresql+{settings.driver}"),
-        pool_pre_ping=True,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
-        pool_timeout=settings.pool_timeout,
-        pool_recycle=settings.pool_recycle,
-        connect_args=connect_args,
-    )
+    target, arguments = _engine_arguments(url or resolve_url(), settings)
+    engine = create_engine(target, **arguments)
     event.listen(engine, "handle_error", _refused_options)
     return engine
+
+
+def create_async_app_engine(
+    url: URL | None = None, settings: EngineSettings | None = None
+) -> AsyncEngine:
+    """:func:`create_app_engine`'s engine for asyncio: the same URL, pool and pooler settings, on
+    psycopg 3's async API.
+
+    A ``settings.driver`` other than ``"psycopg"`` raises
+    :class:`~pgvector_base.database.DatabaseConfigError`: psycopg2 has no async API.
+    """
+    settings = settings or EngineSettings.from_env()
+    if settings.driver != "psycopg":
+        raise DatabaseConfigError(
+            f"the async engine needs the psycopg driver, not {settings.driver!r}; "
+            "use EngineSettings(driver='psycopg')"
+        )
+    target, arguments = _engine_arguments(url or resolve_url(), settings)
+    engine = create_async_engine(target, **arguments)
+    event.listen(engine.sync_engine, "handle_error", _refused_options)
+    return engine
+
+
+def create_replica_engines(
+    urls: Sequence[URL] | None = None, settings: EngineSettings | None = None
+) -> list[Engine]:
+    """An engine per read replica (default: :func:`replica_urls`), with the primary's settings."""
+    return [create_app_engine(url, settings) for url in (replica_urls() if urls is None else urls)]
+
+
+def create_async_replica_engines(
+    urls: Sequence[URL] | None = None, settings: EngineSettings | None = None
+) -> list[AsyncEngine]:
+    """:func:`create_replica_engines` for asyncio."""
+    return [
+        create_async_app_engine(url, settings) for url in (replica_urls() if urls is None else urls)
+    ]
 
 
 def _refused_options(context: ExceptionContext) -> None:
@@ -136,13 +234,163 @@ def _refused_options(context: ExceptionContext) -> None:
         ) from None
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions bound to ``engine``.
+class ReadReplicas:
+    """The replica engines of one primary, taken in turn; one that fails to connect is skipped,
+    with a log line, for ``retry_after`` seconds."""
+
+    def __init__(self, engines: Sequence[Engine], retry_after: float = REPLICA_RETRY_SECONDS):
+        self.engines = tuple(engines)
+        self.retry_after = retry_after
+        self._turn = itertools.count()
+        self._skipped_until: dict[Engine, float] = {}
+        self._lock = threading.Lock()
+
+    def in_turn(self, first: Engine | None = None) -> list[Engine]:
+        """The replicas not being skipped: ``first``, then from the next one's turn."""
+        if not self.engines:
+            return []
+        start = next(self._turn) % len(self.engines)
+        ordered = ([first] if first else []) + [
+            engine for engine in self.engines[start:] + self.engines[:start] if engine is not first
+        ]
+        now = time.monotonic()
+        with self._lock:
+            return [engine for engine in ordered if self._skipped_until.get(engine, 0.0) <= now]
+
+    def skip(self, engine: Engine, error: OperationalError) -> None:
+        """Leave ``engine`` out for ``retry_after`` seconds, saying why in one line."""
+        with self._lock:
+            self._skipped_until[engine] = time.monotonic() + self.retry_after
+        reason = scrub(str(error.orig).strip().splitlines()[0], engine.url)
+        logger.warning(
+            "Read replica %s skipped for %gs, its reads go elsewhere: %s",
+            display(engine.url),
+            self.retry_after,
+            reason,
+        )
+
+
+class RoutingSession(Session):
+    """A session that sends reads marked with :data:`READ_REPLICA` to a replica, and everything
+    else (writes, flushes, unmarked reads, :meth:`Session.connection`) to its primary bind.
+
+    A session keeps to the replica it read from first, so that its reads see one replay
+    position, and settings made on that replica's connection
+    (``session.connection(bind_arguments={"clause": marked_statement})``) reach its later marked
+    reads. Once the session has written, or after :func:`read_from_primary`, marked reads go to
+    the primary too, so that they see the session's own writes. A replica that cannot be reached at
+    checkout is skipped, and the read goes to the next one or to the primary: never an error
+    while the primary is up. This is SQLAlchemy's documented ``get_bind`` pattern.
+    """
+
+    def __init__(self, *args: Any, replicas: ReadReplicas | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.replicas = replicas or ReadReplicas(())
+        self.replica: Engine | None = None
+
+    def get_bind(
+        self,
+        mapper: Any = None,
+        *,
+        clause: ClauseElement | None = None,
+        bind: Engine | Connection | None = None,
+        **kwargs: Any,
+    ) -> Engine | Connection:
+        """The primary bind, or for a marked read a reachable replica."""
+        primary = super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
+        if self._flushing or isinstance(clause, UpdateBase):
+            self.info[_PRIMARY_ONLY] = True
+            return primary
+        if bind is not None or self.info.get(_PRIMARY_ONLY) or not _marked(clause):
+            return primary
+        for replica in self.replicas.in_turn(first=self.replica):
+            try:
+                # Checked out now (pool_pre_ping tests it), so that a replica that is down is
+                # found here, while the read can still go elsewhere.
+                self.connection(bind_arguments={"bind": replica})
+            except OperationalError as error:
+                self.replicas.skip(replica, error)
+            else:
+                self.replica = replica
+                return replica
+        return primary
+
+
+def _marked(clause: ClauseElement | None) -> bool:
+    return isinstance(clause, Executable) and bool(
+        clause.get_execution_options().get(REPLICA_OPTION)
+    )
+
+
+def read_from_primary(session: Session | AsyncSession) -> None:
+    """Send the rest of ``session``'s reads to the primary, for a read that must see a write
+    committed a moment ago (by this request or another) that a replica may not have replayed."""
+    session.info[_PRIMARY_ONLY] = True
+
+
+def session_factory(
+    engine: Engine,
+    replicas: Sequence[Engine] = (),
+    retry_after: float = REPLICA_RETRY_SECONDS,
+) -> sessionmaker[RoutingSession]:
+    """Sessions bound to ``engine``, whose reads marked with :data:`READ_REPLICA` go to
+    ``replicas`` (see :class:`RoutingSession`).
 
     ``expire_on_commit=False`` keeps loaded objects readable after the commit that ends a request,
     for example while a response is rendered from them.
     """
-    return sessionmaker(engine, expire_on_commit=False)
+    return sessionmaker(
+        engine,
+        class_=RoutingSession,
+        expire_on_commit=False,
+        replicas=ReadReplicas(replicas, retry_after),
+    )
+
+
+class LazyLoadError(InvalidRequestError):
+    """An async session's object was asked for an attribute that is not loaded (where
+    SQLAlchemy would raise ``MissingGreenlet``)."""
+
+
+class AsyncRoutingSession(RoutingSession):
+    """The :class:`RoutingSession` inside an :class:`AsyncSession`: loading on attribute access
+    fails with :class:`LazyLoadError`, saying what to do."""
+
+
+@event.listens_for(AsyncRoutingSession, "do_orm_execute")
+def _refuse_implicit_io(state: ORMExecuteState) -> None:
+    # An AsyncSession runs its own statements inside its greenlet; one that arrives outside it
+    # comes from attribute access (a lazy relationship, a deferred or expired column), where
+    # SQLAlchemy would fail with MissingGreenlet, which does not say what to do.
+    if not in_greenlet():
+        target = state.bind_mapper.class_.__name__ if state.bind_mapper else "an object"
+        parent = state.lazy_loaded_from
+        attribute = (
+            f"a relationship of {parent.class_.__name__} to {target}"
+            if parent is not None
+            else f"an attribute of {target}"
+        )
+        raise LazyLoadError(
+            f"{attribute} is not loaded, and an async session cannot load it on "
+            "access: load it in the query (selectinload(...) for a relationship, undefer(...) "
+            "for a deferred column) or with `await session.refresh(obj, [name])`, and declare "
+            "relationships lazy='raise' (docs/application.md#async-services)"
+        )
+
+
+def async_session_factory(
+    engine: AsyncEngine,
+    replicas: Sequence[AsyncEngine] = (),
+    retry_after: float = REPLICA_RETRY_SECONDS,
+) -> async_sessionmaker[AsyncSession]:
+    """:func:`session_factory` for asyncio: sessions bound to ``engine``, marked reads to
+    ``replicas``, and a :class:`LazyLoadError` instead of a lazy load."""
+    return async_sessionmaker(
+        engine,
+        expire_on_commit=False,
+        sync_session_class=AsyncRoutingSession,
+        replicas=ReadReplicas([replica.sync_engine for replica in replicas], retry_after),
+    )
 
 
 def set_local(executor: Session | Connection, settings: Mapping[str, str]) -> None:

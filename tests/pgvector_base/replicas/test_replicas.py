@@ -1,0 +1,322 @@
+"""Read replicas against a real streaming replica (``cluster.py``): a migration on the primary
+reaches the replica, whose searches use the migrated index; marked reads are served by the
+replica, everything else by the primary; a replica that stops loses no request.
+
+Which server answered is read from ``pg_is_in_recovery()`` in the very statement that was routed,
+not from the routing code's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import BigInteger, Index, Select, create_engine, func, insert, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import QueuePool
+
+from pgvector_base.database import DatabaseConfigError
+from pgvector_base.session import (
+    READ_REPLICA,
+    REPLICA_URLS_ENV,
+    EngineSettings,
+    async_session_factory,
+    create_app_engine,
+    create_async_app_engine,
+    create_async_replica_engines,
+    create_replica_engines,
+    read_from_primary,
+    replica_urls,
+    session_factory,
+    set_local,
+)
+
+from ..autogenerate.project import Project
+from . import cluster as harness
+
+ROWS = 3000
+DIMENSIONS = 128
+K = 5
+# Ignored by the cluster's trust authentication; must never be printed.
+PASSWORD = "s3cret-pw"
+SKIPPED = "pgvector_base.session"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Doc(Base):
+    __tablename__ = "replica_doc"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    embedding: Mapped[list[float]] = mapped_column(VECTOR(DIMENSIONS))
+    __table_args__ = (
+        Index(
+            "ix_replica_doc_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_l2_ops"},
+        ),
+    )
+
+
+def vector(generator: random.Random) -> list[float]:
+    return [generator.uniform(-1, 1) for _ in range(DIMENSIONS)]
+
+
+QUERIES = [vector(random.Random(seed)) for seed in range(8)]
+
+
+def search(query: list[float]) -> Select[int, bool]:
+    """A marked search that also says which server ran it."""
+    return (
+        select(Doc.id, func.pg_is_in_recovery())
+        .order_by(Doc.embedding.l2_distance(query))
+        .limit(K)
+        .execution_options(**READ_REPLICA)
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Cluster]:
+    """The cluster, migrated on the primary by the template's own ``env.py``, with rows."""
+    with harness.start() as running:
+        engine = create_engine(running.primary)
+        project = Project(engine, tmp_path_factory.mktemp("replicas") / "versions")
+        project.revise(Base.metadata, message="replica doc")
+        project.upgrade()
+        generator = random.Random(0)
+        with engine.begin() as connection:
+            connection.execute(
+                insert(Doc),
+                [{"id": n, "embedding": vector(generator)} for n in range(ROWS)],
+            )
+            connection.execute(text("ANALYZE replica_doc"))
+        engine.dispose()
+        running.wait_for_replay()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def expected(cluster: harness.Cluster) -> dict[int, list[int]]:
+    """Each query's answer from the primary, over a direct connection."""
+    engine = create_engine(cluster.primary)
+    with engine.connect() as connection:
+        answers = {
+            n: [row[0] for row in connection.execute(search(query))]
+            for n, query in enumerate(QUERIES)
+        }
+    engine.dispose()
+    return answers
+
+
+def test_a_migration_on_the_primary_reaches_the_replica_whose_searches_use_its_index(
+    cluster: harness.Cluster, expected: dict[int, list[int]]
+) -> None:
+    replica = create_engine(cluster.replica)
+    with replica.connect() as connection:
+        assert connection.scalar(text("SELECT pg_is_in_recovery()"))
+        assert connection.scalar(
+            text(
+                "SELECT indisvalid FROM pg_index "
+                "WHERE indexrelid = 'ix_replica_doc_embedding'::regclass"
+            )
+        )
+        compiled = search(QUERIES[0]).compile(replica, compile_kwargs={"literal_binds": True})
+        plan = "\n".join(connection.scalars(text(f"EXPLAIN {compiled}")))
+        assert "Index Scan using ix_replica_doc_embedding" in plan, plan
+        for n, query in enumerate(QUERIES):
+            assert [row[0] for row in connection.execute(search(query))] == expected[n]
+    replica.dispose()
+
+
+def test_marked_reads_go_to_the_replica_and_everything_else_to_the_primary(
+    cluster: harness.Cluster, expected: dict[int, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(REPLICA_URLS_ENV, cluster.replica.render_as_string(hide_password=False))
+    primary = create_app_engine(cluster.primary, EngineSettings())
+    replicas = create_replica_engines()  # from DATABASE_REPLICA_URLS
+    sessions = session_factory(primary, replicas)
+    try:
+        with sessions() as session:
+            for n, query in enumerate(QUERIES):
+                rows = session.execute(search(query)).all()
+                assert [row[0] for row in rows] == expected[n]
+                assert all(in_recovery for _, in_recovery in rows)
+            assert not session.scalar(select(func.pg_is_in_recovery()))  # unmarked
+            # A write, then a marked read in the same session: the primary, which has the row.
+            session.add(Doc(id=ROWS, embedding=QUERIES[0]))
+            session.flush()
+            assert session.execute(search(QUERIES[0])).first() == (ROWS, False)
+            session.commit()
+        with sessions() as session:
+            assert session.execute(search(QUERIES[1])).first()[1]  # type: ignore[index]
+            read_from_primary(session)
+            assert session.execute(search(QUERIES[0])).first() == (ROWS, False)
+        with sessions() as session:
+            session.delete(session.get_one(Doc, ROWS))
+            session.commit()
+        cluster.wait_for_replay()
+    finally:
+        primary.dispose()
+        for engine in replicas:
+            engine.dispose()
+
+
+def test_a_session_keeps_to_one_replica_so_settings_made_on_it_reach_its_reads(
+    cluster: harness.Cluster,
+) -> None:
+    # Two engines on the one replica: a session that switched between them would lose the setting.
+    primary = create_app_engine(cluster.primary)
+    replicas = create_replica_engines([cluster.replica, cluster.replica])
+    sessions = session_factory(primary, replicas)
+    setting = select(func.current_setting("hnsw.ef_search"), func.pg_is_in_recovery())
+    marked = setting.execution_options(**READ_REPLICA)
+    try:
+        for _ in range(4):
+            with sessions() as session:
+                # What search does for per-query settings: a savepoint, SET LOCAL, the read.
+                savepoint = session.begin_nested()
+                connection = session.connection(bind_arguments={"clause": marked})
+                set_local(connection, {"hnsw.ef_search": "123"})
+                for _ in range(3):
+                    assert session.execute(marked).one() == ("123", True)
+                savepoint.rollback()
+                value, in_recovery = session.execute(marked).one()
+                assert in_recovery
+                assert value != "123"  # the savepoint took it back
+    finally:
+        primary.dispose()
+        for engine in replicas:
+            engine.dispose()
+
+
+def test_async_marked_reads_go_to_the_replica_and_see_their_own_writes_on_the_primary(
+    cluster: harness.Cluster, expected: dict[int, list[int]]
+) -> None:
+    async def main() -> None:
+        primary = create_async_app_engine(cluster.primary)
+        replicas = create_async_replica_engines([cluster.replica])
+        sessions = async_session_factory(primary, replicas)
+
+        async def request(n: int) -> None:
+            async with sessions() as session:
+                rows = (await session.execute(search(QUERIES[n % len(QUERIES)]))).all()
+                assert [row[0] for row in rows] == expected[n % len(QUERIES)]
+                assert all(in_recovery for _, in_recovery in rows)
+
+        try:
+            await asyncio.gather(*(request(n) for n in range(16)))
+            async with sessions() as session:
+                session.add(Doc(id=ROWS + 1, embedding=QUERIES[2]))
+                await session.flush()
+                assert (await session.execute(search(QUERIES[2]))).first() == (ROWS + 1, False)
+                await session.rollback()
+        finally:
+            await primary.dispose()
+            for engine in replicas:
+                await engine.dispose()
+
+    asyncio.run(main())
+
+
+def skip_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == SKIPPED]
+
+
+def test_a_replica_that_stops_is_skipped_in_one_line_and_no_request_fails(
+    cluster: harness.Cluster, expected: dict[int, list[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=SKIPPED)
+    replica_url = cluster.url(harness.REPLICA_PORT, password=PASSWORD)
+    primary = create_app_engine(cluster.primary)
+    (replica,) = create_replica_engines([replica_url])
+    sessions = session_factory(primary, [replica])
+
+    def request(n: int) -> bool:
+        """One search; whether the replica served it."""
+        with sessions() as session:
+            rows = session.execute(search(QUERIES[n % len(QUERIES)])).all()
+        assert [row[0] for row in rows] == expected[n % len(QUERIES)]
+        return all(in_recovery for _, in_recovery in rows)
+
+    try:
+        with ThreadPoolExecutor(4) as threads:
+            assert all(threads.map(request, range(40)))
+            assert isinstance(replica.pool, QueuePool)
+            assert replica.pool.checkedin() > 1  # idle connections to the replica
+            cluster.stop_replica()  # ends them, as a failover or a restart would
+            assert not any(threads.map(request, range(40)))
+        lines = skip_lines(caplog)
+        assert 1 <= len(lines) <= 4  # once per thread that tried it at most, not per request
+        for line in lines:
+            assert "\n" not in line
+            assert "postgres:***@" in line
+            assert PASSWORD not in line
+    finally:
+        cluster.start_replica()
+    # A factory whose replica is not being skipped finds it back through the same engine.
+    assert session_factory(primary, [replica])().execute(search(QUERIES[0])).first()[1]  # type: ignore[index]
+    primary.dispose()
+    replica.dispose()
+
+
+def test_async_reads_survive_a_replica_that_stops(
+    cluster: harness.Cluster, expected: dict[int, list[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=SKIPPED)
+
+    async def main() -> None:
+        primary = create_async_app_engine(cluster.primary)
+        replicas = create_async_replica_engines([cluster.replica])
+        sessions = async_session_factory(primary, replicas, retry_after=0)
+
+        async def request(n: int) -> bool:
+            async with sessions() as session:
+                rows = (await session.execute(search(QUERIES[n % len(QUERIES)]))).all()
+            assert [row[0] for row in rows] == expected[n % len(QUERIES)]
+            return all(in_recovery for _, in_recovery in rows)
+
+        try:
+            assert all(await asyncio.gather(*(request(n) for n in range(16))))
+            await asyncio.to_thread(cluster.stop_replica)
+            assert not any(await asyncio.gather(*(request(n) for n in range(16))))
+            await asyncio.to_thread(cluster.start_replica)
+            # retry_after=0: the next read tries the replica again, and finds it.
+            assert await request(0)
+        finally:
+            await primary.dispose()
+            for engine in replicas:
+                await engine.dispose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        cluster.start_replica()
+    assert skip_lines(caplog)
+
+
+def test_replica_urls_come_from_the_environment_with_their_passwords_masked() -> None:
+    assert replica_urls({}) == []
+    urls = replica_urls(
+        {REPLICA_URLS_ENV: f"postgresql://app:{PASSWORD}@r1/app , postgres://app:x@r2:6432/app"}
+    )
+    assert [(url.host, url.port, url.password) for url in urls] == [
+        ("r1", None, PASSWORD),
+        ("r2", 6432, "x"),
+    ]
+    for raw, message in [
+        ("postgresql://app:pw@r1/app,,postgresql://r2/app", "has an empty entry"),
+        (f"postgresql://r1/app,postgresql://app:{PASSWORD}@r2:port/app", "(URL 2) has a port"),
+        (f"postgresql://app:{PASSWORD}@r1", "(URL 1) names no database"),
+    ]:
+        with pytest.raises(DatabaseConfigError) as refused:
+            replica_urls({REPLICA_URLS_ENV: raw})
+        assert message in str(refused.value)
+        assert PASSWORD not in str(refused.value)
+        assert "\n" not in str(refused.value)
