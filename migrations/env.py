@@ -79,15 +79,16 @@ def database_url() -> URL:
 def run_migrations_offline() -> None:
     """Write the migrations as SQL (``alembic upgrade --sql``) without connecting anywhere.
 
-    The script starts by creating the ``vector`` extension, then sets the migration timeouts in
-    the migrations' transaction, so it applies to an empty database as safely as
-    ``alembic upgrade`` would.
+    The script starts by setting the migration timeouts for its session (which linters such as
+    Squawk look for before any DDL) and creating the ``vector`` extension, committed before the
+    migrations' transaction, so it applies to an empty database as safely as ``alembic upgrade``
+    would.
     """
     configure(dialect_name="postgresql", literal_binds=True, dialect_opts={"paramstyle": "named"})
+    for statement in timeouts.statements() + builds.statements():
+        context.execute(statement)
     context.execute(locking.CREATE_EXTENSION_SQL)
     with context.begin_transaction():
-        for statement in timeouts.statements() + builds.statements():
-            context.execute(statement)
         context.run_migrations()
 
 

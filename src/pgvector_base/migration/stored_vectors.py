@@ -92,10 +92,11 @@ def keep_stored_vectors(
     drops = [op for op in upgrade_ops.ops if isinstance(op, ops.DropTableOp)]
     dropped = {qualified(op.schema, op.table_name) for op in drops}
     problems: list[str] = []
+    # By name: Alembic finds removed tables in a set's order, which differs from run to run.
+    for op in sorted(drops, key=lambda op: qualified(op.schema, op.table_name)):
+        problems += table_drop_problems(op, connection, allowed, dropped)
     for op in upgrade_ops.ops:
-        if isinstance(op, ops.DropTableOp):
-            problems += table_drop_problems(op, connection, allowed, dropped)
-        elif isinstance(op, ops.ModifyTableOps):
+        if isinstance(op, ops.ModifyTableOps):
             rename_pairs(op, dialect, allowed)
             problems += column_problems(op, dialect, allowed)
     if problems:

@@ -232,8 +232,12 @@ def test_tests_that_need_git_say_so_where_the_project_is_no_repository(tmp_path:
             "committed or ignored",
         ],
         cwd=project,
-        # git looks no further up than the project for a repository.
-        env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path)},
+        # git looks no further up than the project for a repository. An outer pytest's options
+        # (a --basetemp above the copy, from the template's generation tests) are not this run's.
+        env={
+            **{name: value for name, value in os.environ.items() if name != "PYTEST_ADDOPTS"},
+            "GIT_CEILING_DIRECTORIES": str(tmp_path),
+        },
         capture_output=True,
         text=True,
         check=False,

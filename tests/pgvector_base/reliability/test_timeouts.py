@@ -72,7 +72,7 @@ def test_timeouts_last_the_whole_run_and_are_lifted_for_index_builds(
     ]
 
 
-def test_offline_sql_creates_the_extension_then_sets_the_timeouts(migrations: Migrations) -> None:
+def test_offline_sql_sets_the_timeouts_then_creates_the_extension(migrations: Migrations) -> None:
     migrations.add("widget", CREATE_WIDGET)
     result = migrations.run(
         "upgrade",
@@ -83,10 +83,10 @@ def test_offline_sql_creates_the_extension_then_sets_the_timeouts(migrations: Mi
     assert result.returncode == 0, result.stderr
     statements = [line for line in result.stdout.splitlines() if line.strip()]
     assert statements[:4] == [
-        "CREATE EXTENSION IF NOT EXISTS vector;",
-        "BEGIN;",
         "SET lock_timeout = '2s';",
         "SET statement_timeout = '1h';",
+        "CREATE EXTENSION IF NOT EXISTS vector;",
+        "BEGIN;",
     ]
 
 
