@@ -40,8 +40,8 @@ if config.config_file_name is not None:
 # Metadata handed in by a caller (pytest-alembic, the template's tests) takes the models' place.
 target_metadata = config.attributes.get("target_metadata") or Base.metadata
 
-# op.create_vectorizer and op.drop_vectorizer, when the optional pgai group is installed.
-pgai.register_operations()
+# op.create_vectorizer and op.drop_vectorizer, when a migration uses them (the pgai group).
+pgai.register_operations_if_used(context.script)
 enums.configure()
 
 

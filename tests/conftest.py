@@ -23,8 +23,47 @@ from pgvector_base.database import DATABASE_URL_ENV, embedded_server_url, ensure
 
 TEST_DATABASE_URL_ENV = "TEST_DATABASE_URL"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+# The template's own tests, which take minutes and prove nothing about a team's schema: its
+# machinery's, and its tests of generation (only in the template's repository).
+TEMPLATE_TESTS = ("pgvector_base", "template")
+MACHINERY_OPTION = "--machinery"
 
 CreateDatabase = Callable[[], URL]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--machinery``: run the template's own tests too (docs/testing.md says when)."""
+    parser.addoption(
+        MACHINERY_OPTION,
+        action="store_true",
+        help="also run the template's own tests (tests/pgvector_base, and tests/template in the "
+        "template's repository): after `copier update`, after upgrading SQLAlchemy, Alembic, "
+        "pgvector or PostgreSQL, and in CI",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Leave the template's own tests out unless ``--machinery`` is given.
+
+    pytest asks only about folders it finds by itself: a folder named on the command line
+    (``pytest tests/pgvector_base``) is collected anyway.
+    """
+    if (
+        collection_path.parent == TESTS
+        and collection_path.name in TEMPLATE_TESTS
+        and not config.getoption(MACHINERY_OPTION)
+    ):
+        return True
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say, at the top of a run, when the template's own tests run, and how to add them."""
+    if config.getoption(MACHINERY_OPTION):
+        return None
+    folders = ", ".join(f"tests/{name}" for name in TEMPLATE_TESTS if (TESTS / name).is_dir())
+    return f"the template's own tests ({folders}) run with --machinery, or when named"
 
 
 @pytest.fixture(scope="session")

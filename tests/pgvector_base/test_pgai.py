@@ -34,7 +34,7 @@ from pgvector_base.migration.errors import location
 from pgvector_base.migration.pgai import Exclusion, register_operations
 from pgvector_base.migration.rendering import register_types
 
-from .revisions import revision_source
+from .revisions import Migrations, revision_source
 
 pgai = pytest.importorskip(
     "pgai", reason="pgai is not installed; its tests need `poetry install --with pgai`"
@@ -512,10 +512,14 @@ def test_without_pgai_the_template_migration_tests_pass_and_never_import_it() ->
     assert "pgai modules: []" in result.stdout
 
 
-def test_pgai_without_tiktoken_fails_in_one_line() -> None:
-    # Without tiktoken, importing pgai.alembic would end the process (pgai/vectorizer/__init__.py).
+def test_pgai_without_tiktoken_fails_in_one_line(tmp_path: Path) -> None:
+    # Without tiktoken, importing pgai.alembic would end the process (pgai/vectorizer/__init__.py);
+    # env.py imports it only for a migration that uses pgai's operations.
+    migrations = Migrations(tmp_path)
+    (migrations.versions / "0002_blog_vectorizer.py").write_text(BLOG_VECTORIZER)
     result = run_python(
-        BLOCK.format(module="tiktoken") + 'from alembic.config import main\nmain(["check"])'
+        BLOCK.format(module="tiktoken")
+        + f'from alembic.config import main\nmain(["-c", {str(migrations.ini)!r}, "check"])'
     )
     assert result.returncode != 0
     output = (result.stdout + result.stderr).strip()

@@ -1,7 +1,9 @@
 """pgai in migrations: its Alembic operations, and the objects it manages kept out of autogenerate.
 
-pgai is optional (the ``pgai`` Poetry group). Its operations are imported only when it is installed;
-the exclusion never imports it: it reads the model metadata and the database's ``ai.vectorizer``.
+pgai is optional (the ``pgai`` Poetry group). Its operations are imported only when a migration
+uses them: importing ``pgai.alembic`` brings pgai's worker, psycopg 3 and ddtrace, which takes
+longer than the rest of an ``alembic`` command. The exclusion never imports it: it reads the model
+metadata and the database's ``ai.vectorizer``.
 
 A vectorizer owns objects that the models describe wrongly or not at all: the embedding table and
 view it creates, its queue tables, the embedding column a column destination adds to the source
@@ -14,13 +16,17 @@ differs from the model's). :class:`Exclusion` hides them on both sides of the co
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from importlib.util import find_spec
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alembic.operations import Operations
 from alembic.runtime.environment import NameFilterParentNames, NameFilterType
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Column, Index, MetaData, Table, text
 from sqlalchemy.engine import Connection
@@ -38,6 +44,8 @@ AI_SCHEMA = "ai"
 PGAI_MANAGED_TABLES = "pgai_managed_tables"
 # The name vectorizer_relationship gives the embedding table without `target_table=`.
 DEFAULT_TABLE_SUFFIX = "_embedding_store"
+# pgai's operations, as a migration (or a comment in it) names them.
+OPERATION_NAMES = re.compile(r"\b(?:create|drop)_vectorizer\b")
 
 CATALOG_EXISTS_SQL = text("SELECT to_regclass('ai.vectorizer') IS NOT NULL")
 # `config -> 'destination'` is stored resolved: schemas and names are filled in by pgai.
@@ -47,14 +55,42 @@ CATALOG_SQL = text(
 )
 
 
-def register_operations() -> None:
-    """Make ``op.create_vectorizer`` and ``op.drop_vectorizer`` available if pgai is installed.
+def register_operations_if_used(script: ScriptDirectory) -> None:
+    """Make ``op.create_vectorizer`` and ``op.drop_vectorizer`` available if a migration of
+    ``script`` names them; otherwise import nothing.
 
-    Without pgai this does nothing and imports nothing. A partial install fails with one line that
-    says how to fix it, instead of pgai's ``sys.exit(1)`` or an ``ImportError`` from its worker.
+    The files are read as text, before Alembic imports them: a migration that uses the operations
+    imports pgai's configuration classes too, which end the process when tiktoken is missing.
     """
-    if find_spec("pgai") is None:
+    user = next((path for path in migration_files(script) if uses_operations(path)), None)
+    if user is None:
         return
+    if find_spec("pgai") is None:
+        raise CommandError(
+            f"migration {user.name} uses pgai's op.create_vectorizer or op.drop_vectorizer, "
+            f"but pgai is not installed; run `{INSTALL_HINT}`"
+        )
+    register_operations()
+
+
+def migration_files(script: ScriptDirectory) -> Iterator[Path]:
+    """The Python files in ``script``'s version locations, in their subfolders too."""
+    locations = script.version_locations or [script.versions]
+    for location in locations:
+        yield from Path(location).rglob("*.py")
+
+
+def uses_operations(path: Path) -> bool:
+    """Whether the migration at ``path`` names one of pgai's operations."""
+    return OPERATION_NAMES.search(path.read_text(encoding="utf-8")) is not None
+
+
+def register_operations() -> None:
+    """Make ``op.create_vectorizer`` and ``op.drop_vectorizer`` available; pgai is installed.
+
+    A partial install fails with one line that says how to fix it, instead of pgai's
+    ``sys.exit(1)`` or an ``ImportError`` from its worker.
+    """
     # pgai.vectorizer exits the process when tiktoken is missing, so no ImportError would come.
     if find_spec("tiktoken") is None:
         raise CommandError(

@@ -93,12 +93,12 @@ def keep_stored_vectors(
     dropped = {qualified(op.schema, op.table_name) for op in drops}
     problems: list[str] = []
     # By name: Alembic finds removed tables in a set's order, which differs from run to run.
-    for op in sorted(drops, key=lambda op: qualified(op.schema, op.table_name)):
-        problems += table_drop_problems(op, connection, allowed, dropped)
-    for op in upgrade_ops.ops:
-        if isinstance(op, ops.ModifyTableOps):
-            rename_pairs(op, dialect, allowed)
-            problems += column_problems(op, dialect, allowed)
+    for drop in sorted(drops, key=lambda drop: qualified(drop.schema, drop.table_name)):
+        problems += table_drop_problems(drop, connection, allowed, dropped)
+    for modify in upgrade_ops.ops:
+        if isinstance(modify, ops.ModifyTableOps):
+            rename_pairs(modify, dialect, allowed)
+            problems += column_problems(modify, dialect, allowed)
     if problems:
         raise CommandError("; ".join(problems))
     return PriorityDispatchResult.CONTINUE
