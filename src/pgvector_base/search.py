@@ -28,10 +28,11 @@ import contextlib
 import enum
 import math
 import operator
+import struct
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, get_args
 
 import psycopg
 from pgvector import HalfVector, SparseVector, Vector
@@ -68,6 +69,8 @@ else:  # numpy is optional
 IterativeScan = Literal["off", "relaxed_order", "strict_order"]
 VECTOR_INDEX_METHODS = ("hnsw", "ivfflat")
 INT4_MAX = 2**31 - 1
+# The query types encoded by one struct call (see VectorSearch._encoded).
+PLAIN_TYPES = (list, tuple)
 # To name column types in messages.
 DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 # The ranges pgvector gives its settings (pg_settings.min_val and max_val). Checked here, because
@@ -147,13 +150,21 @@ class QueryVectorType(TypeDecorator[Any]):
         return self.column_type
 
     def bind_processor(self, dialect: Dialect) -> Any:
-        if dialect.driver != "psycopg":
-            return self.column_type.dialect_impl(dialect).bind_processor(dialect)
         kind = self.kind
+        if dialect.driver != "psycopg":
+            text_processor = self.column_type.dialect_impl(dialect).bind_processor(dialect)
+
+            def as_text(value: Any) -> Any:
+                # VectorSearch's own queries come encoded: decode them for the column's text.
+                if isinstance(value, _BinaryParameter):
+                    value = kind.from_binary(value.data)
+                return text_processor(value) if text_processor is not None else value
+
+            return as_text
 
         def process(value: Any) -> _BinaryParameter | None:
-            if value is None:
-                return None
+            if value is None or isinstance(value, _BinaryParameter):
+                return value
             # A statement() run by the caller gets here unchecked: convert as _query does.
             if not isinstance(value, kind):
                 dense = value.to_list() if isinstance(value, Vector | HalfVector) else value
@@ -322,6 +333,7 @@ class VectorSearch(Generic[ModelT]):
         self.index = self._choose_index(vector_indexes(attribute), distance)
         self.distance = self.index.distance
         self.dimensions: int | None = getattr(attribute.type, "dim", None)
+        self._encoding = _dense_encoding(attribute.type)
         to_query = attribute.op(self.distance.value, return_type=Float)(
             bindparam("query", type_=QueryVectorType(attribute.type))
         )
@@ -341,6 +353,7 @@ class VectorSearch(Generic[ModelT]):
         # entities to load (see nearest_keys).
         mapper = inspect(model)
         column = mapper.columns[attribute.key]
+        self._composite = len(mapper.primary_key) > 1
         by_column = column.op(self.distance.value, return_type=Float)(
             bindparam("query", type_=QueryVectorType(attribute.type))
         ).label("distance")
@@ -414,9 +427,13 @@ class VectorSearch(Generic[ModelT]):
         """
         statement = _filtered(self._keys_select, where)
         rows = self._rows(session, statement, self._parameters(query, k), settings, core=True)
-        composite = len(rows[0]) > 2 if rows else False
-        found = [(tuple(row[:-1]) if composite else row[0], row[-1]) for row in rows]
-        return sorted(found, key=lambda pair: pair[1])
+        if self._composite:
+            found = [(tuple(row[:-1]), row[-1]) for row in rows]
+        else:
+            found = [(key, distance) for key, distance in rows]
+        # relaxed_order iterative scans may return rows slightly out of order (pgvector README).
+        found.sort(key=_second)
+        return found
 
     def neighbors_of(
         self,
@@ -462,11 +479,10 @@ class VectorSearch(Generic[ModelT]):
     ) -> list[Neighbor[ModelT]]:
         rows = self._rows(session, statement, parameters, settings, core=False)
         typed = cast("Sequence[tuple[ModelT, float, float | None]]", rows)
+        found = [Neighbor(item, distance, similarity) for item, distance, similarity in typed]
         # relaxed_order iterative scans may return rows slightly out of order (pgvector README).
-        return sorted(
-            (Neighbor(item, distance, similarity) for item, distance, similarity in typed),
-            key=lambda neighbor: neighbor.distance,
-        )
+        found.sort(key=_distance_of)
+        return found
 
     def _rows(
         self,
@@ -506,14 +522,43 @@ class VectorSearch(Generic[ModelT]):
 
     def _parameters(self, query: QueryVector, k: int) -> dict[str, Any]:
         """The statement's parameters, once ``k`` and the query vector are checked; the vector
-        converted to the column's type, as the server would cast it."""
+        converted to the column's type, as the server would cast it, and encoded."""
+        if type(k) is not int or not 1 <= k <= INT4_MAX:
+            k = _whole(k)
+        values: Any = query
+        if getattr(query, "ndim", None) == 1:  # a numpy array, as embedding models return
+            values = cast("npt.NDArray[Any]", query).tolist()
+        encoded = self._encoded(values) if type(values) in PLAIN_TYPES else None
+        if encoded is None:
+            encoded = self._query(query).to_binary()
+        return {"query": _BinaryParameter(encoded), "k": k}
+
+    def _encoded(self, query: Sequence[float]) -> bytes | None:
+        """A list or tuple of numbers in pgvector's binary format, checked; ``None`` for every
+        query that is not plainly good, which :meth:`_query` then converts or refuses.
+
+        Most queries are a list of floats from an embedding model: encoded by one ``struct``
+        call, they cost a fraction of a round trip to convert and check.
+        """
+        encoding = self._encoding
+        if encoding is None:
+            return None
         try:
-            whole = operator.index(k)
-        except TypeError:
-            whole = None
-        if whole is None or isinstance(k, bool) or not 1 <= whole <= INT4_MAX:
-            raise ValueError(f"k must be a whole number from 1 to {INT4_MAX}, not {k!r}")
-        return {"query": self._query(query), "k": whole}
+            # struct refuses a value outside float4's or float2's range, as the server would.
+            encoded = encoding.packer.pack(len(query), 0, *query)
+            # One NaN or infinity makes the sum so; finite float4 values cannot add up to
+            # infinity in a float, and summing is several times faster than testing each value.
+            finite = math.isfinite(sum(query))
+        except (struct.error, OverflowError, TypeError):
+            return None
+        if not finite:
+            return None
+        # Zero once rounded to float4 or float2: every bit but the signs is 0.
+        if self.distance is Distance.COSINE and not (
+            int.from_bytes(encoded[4:], "big") & encoding.magnitude
+        ):
+            return None
+        return encoded
 
     def _query(self, query: QueryVector) -> Vector | HalfVector | SparseVector:
         """``query`` as the column's type, or a :class:`ValueError` saying why it cannot be."""
@@ -540,6 +585,41 @@ class VectorSearch(Generic[ModelT]):
         if self.distance is Distance.COSINE and not any(stored):
             raise ValueError("the query vector is all zeros, which has no cosine distance")
         return vector
+
+
+class _DenseEncoding(NamedTuple):
+    """How a query of a ``vector`` or ``halfvec`` column with dimensions is encoded at once."""
+
+    packer: struct.Struct  # pgvector's binary layout: dimensions, unused, then the values
+    magnitude: int  # every bit of the encoded values but their signs
+
+
+def _dense_encoding(column_type: TypeEngine[Any]) -> _DenseEncoding | None:
+    dim = getattr(column_type, "dim", None)
+    if dim is None or not isinstance(column_type, VECTOR | HALFVEC):
+        return None
+    code, size = ("f", 4) if isinstance(column_type, VECTOR) else ("e", 2)
+    magnitude = int.from_bytes((b"\x7f" + b"\xff" * (size - 1)) * dim, "big")
+    return _DenseEncoding(struct.Struct(f">HH{dim}{code}"), magnitude)
+
+
+def _whole(k: Any) -> int:
+    """``k`` as the whole number of rows the server takes for ``LIMIT``, or a ValueError."""
+    try:
+        whole = operator.index(k)
+    except TypeError:
+        whole = None
+    if whole is None or isinstance(k, bool) or not 1 <= whole <= INT4_MAX:
+        raise ValueError(f"k must be a whole number from 1 to {INT4_MAX}, not {k!r}")
+    return whole
+
+
+def _second(pair: tuple[Any, float]) -> float:
+    return pair[1]
+
+
+def _distance_of(neighbor: Neighbor[Any]) -> float:
+    return neighbor.distance
 
 
 def _filtered(statement: Select[Any], where: Iterable[ColumnElement[bool]]) -> Select[Any]:

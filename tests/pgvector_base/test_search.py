@@ -628,3 +628,32 @@ def test_configured_settings_end_with_a_commit(database_url: URL) -> None:
         engine.dispose()
     assert configured[0] == 4
     assert after == (10, configured[1], "40")
+
+
+@pytest.mark.parametrize(
+    ("attribute", "kind"),
+    [(Item.embedding, Vector), (Item.half, HalfVector)],
+    ids=["vector", "halfvec"],
+)
+@pytest.mark.parametrize("form", [list, tuple, np.asarray], ids=["list", "tuple", "numpy"])
+def test_a_query_is_sent_exactly_as_pgvector_encodes_it(
+    engine: Engine, session: Session, attribute: Any, kind: type, form: Callable[[Any], Any]
+) -> None:
+    """Values that float4 and float2 must round, and the smallest that round to zero, are sent as
+    pgvector-python's own encoder writes them."""
+    search = VectorSearch(Item, attribute, Distance.L2)
+    values = [1 / 3, -2e-7, 1e-46, 65504.0, *np.linspace(-1, 1, ITEM_DIM - 4).tolist()]
+    sent = sent_query(engine, lambda: search.nearest_keys(session, form(values), 3))
+    assert sent.data == kind(values).to_binary()
+
+
+@pytest.mark.parametrize("tiny", [1e-46, -1e-46])
+def test_a_query_that_rounds_to_zero_is_zero_under_cosine_distance(
+    session: Session, tiny: float
+) -> None:
+    """Values too small for float4 are zero once the server has the query, whatever they were."""
+    search = VectorSearch(Product, Product.embedding)
+    with pytest.raises(
+        ValueError, match=exactly("the query vector is all zeros, which has no cosine distance")
+    ):
+        search.nearest_keys(session, [tiny] * EMBEDDING_DIM)
