@@ -46,9 +46,9 @@ REFLECTED_TYPES: dict[str, type[Any]] = {
 PLUGIN_NAME = "pgvector_base.types"
 """The name ``env.py`` lists in ``autogenerate_plugins``."""
 
-# For each of the team's types in a run's operations, by the type's id: the type itself (kept,
-# so that its id stays its own until rendering) and the library type found for it, or why none.
-Found = dict[int, tuple[TypeEngine[Any], "TypeEngine[Any] | Unwritable"]]
+# For each of the team's types in a run's operations, by its class and DDL (see type_key): the
+# library type found for it, or why none.
+Found = dict[tuple[type[Any], str], "TypeEngine[Any] | Unwritable"]
 LIBRARY_TYPES: WeakKeyDictionary[AutogenContext, Found] = WeakKeyDictionary()
 
 # The empty table a user type's DDL is tried on, for reflection to say which type it is.
@@ -104,9 +104,9 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
         return repr(obj)
     if module.startswith(LIBRARY_MODULES):
         return False
-    found = LIBRARY_TYPES.get(autogen_context, {}).get(id(obj))
+    found = LIBRARY_TYPES.get(autogen_context, {}).get(type_key(obj, autogen_context.dialect))
     if found is not None:
-        library = found[1]
+        library = found
     else:
         # An operation autogenerate did not write (a process_revision_directives hook's):
         # a TypeDecorator needs no server to say what it is.
@@ -181,12 +181,13 @@ def resolve(
 ) -> None:
     """Add ``type_`` of ``column``, if it is the team's, and the team's types in it to ``found``."""
     if not type(type_).__module__.startswith(LIBRARY_MODULES):
-        if id(type_) not in found:
+        key = type_key(type_, dialect)
+        if key not in found:
             try:
-                found[id(type_)] = (type_, library_type(type_, dialect, connection))
+                found[key] = library_type(type_, dialect, connection)
             except Unwritable as error:
-                found[id(type_)] = (type_, error)
-        library = found[id(type_)][1]
+                found[key] = error
+        library = found[key]
         if isinstance(library, Unwritable):
             if column not in library.columns:
                 library.columns.append(column)
@@ -195,6 +196,18 @@ def resolve(
     item = getattr(type_, "item_type", None)  # ARRAY(...)
     if isinstance(item, TypeEngine):
         resolve(item, column, found, dialect, connection)
+
+
+def type_key(type_: TypeEngine[Any], dialect: Dialect | None) -> tuple[type[Any], str]:
+    """What identifies one of the team's types between comparison and rendering: its class and
+    its DDL. Not the object: Alembic renders copies of the model's columns, and a
+    ``TypeDecorator`` is copied with its column."""
+    assert dialect is not None
+    try:
+        ddl = type_.compile(dialect=dialect)
+    except (SQLAlchemyError, NotImplementedError):
+        ddl = repr(type_)
+    return type(type_), ddl
 
 
 def library_type(

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic.util import CommandError
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import CHAR, BigInteger, Column, Dialect, Enum, MetaData, String, Table, Text
 from sqlalchemy.dialects import postgresql
@@ -98,6 +97,36 @@ class TSVectorSpec(UserDefinedType[str]):
         return "TSVECTOR"
 
 
+class VectorSpec(UserDefinedType[Any]):
+    """A user type whose DDL is pgvector's ``vector(n)``."""
+
+    cache_ok = True
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def get_col_spec(self, **kw: Any) -> str:
+        """The column's DDL."""
+        return f"vector({self.dim})"
+
+
+class SpecEmbedding(TypeDecorator[Any]):
+    """A vector column declared without pgvector-python: a ``TypeDecorator`` over ``String``
+    whose dialect type is a user type of its own (as public projects write it). Alembic renders
+    a copy of it, so what was found for the model's object must be found for the copy."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """pgvector's type, through the user type."""
+        return VectorSpec(self.dim)
+
+
 class Slug(String):
     """A subclass of a SQLAlchemy type, defined in the team's module."""
 
@@ -171,6 +200,7 @@ def note(metadata: MetaData) -> Table:
         Column("tags", postgresql.ARRAY(JSONText())),
         Column("attributes", Attributes()),
         Column("embeddings", postgresql.ARRAY(Embedding(3))),
+        Column("embedding_spec", SpecEmbedding(3)),
     )
 
 
@@ -221,6 +251,7 @@ def test_types_of_the_team_render_as_their_ddl_in_created_added_and_altered_colu
         "tags": "text[]",
         "attributes": "jsonb",
         "embeddings": "vector(3)[]",
+        "embedding_spec": "vector(3)",
     }
     assert column_types(hooked, "record") == {
         "id": "uuid",
@@ -266,9 +297,7 @@ def test_a_type_no_migration_can_write_stops_autogenerate_in_one_line(hooked: Pr
         Column("value", Unknown()),
         schema="public",
     )
-    with pytest.raises(CommandError) as refused:
-        hooked.revise(metadata)
-    message = str(refused.value)
+    message = hooked.refused(metadata)
     assert "\n" not in message
     assert message.startswith(
         f"cannot write the type of public.reading.value ({__name__}.Unknown) into a migration: "
@@ -278,5 +307,4 @@ def test_a_type_no_migration_can_write_stops_autogenerate_in_one_line(hooked: Pr
         "make it a TypeDecorator whose impl is a SQLAlchemy or pgvector type, or render it in a "
         "render_item of your own in env.py that hands other types to rendering.render_item"
     ), message
-    assert list(hooked.versions.glob("*.py")) == []
     assert hooked.fetch("SELECT to_regclass('reading')") == [(None,)]
