@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +29,7 @@ from alembic.script import ScriptDirectory
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_MIGRATIONS = REPOSITORY_ROOT / "migrations"
 ALEMBIC_TIMEOUT = 120
+RUNNING_UPGRADE = re.compile(r"Running upgrade (\w*) -> (\w+),")
 
 ENV_PY = f'''"""The template's env.py, with models.py beside this file as its target metadata."""
 
@@ -159,6 +162,23 @@ class Migrations:
     def command(self, *args: str) -> list[str]:
         """The ``alembic ARGS`` command line, with this directory's ``alembic.ini``."""
         return [sys.executable, "-m", "alembic", "-c", str(self.ini), *args]
+
+
+def run_replicas(migrations: Migrations, count: int, env: dict[str, str]) -> Counter[str]:
+    """Start ``count`` replicas' ``alembic upgrade head`` at once, with ``env`` added to the
+    environment; assert all succeed; count each revision's runs."""
+    replicas = [migrations.start("upgrade", "head", env=env) for _ in range(count)]
+    runs: Counter[str] = Counter()
+    for replica in replicas:
+        try:
+            stdout, stderr = replica.communicate(timeout=ALEMBIC_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for each in replicas:
+                each.kill()
+            raise
+        assert replica.returncode == 0, stdout + stderr
+        runs.update(match[2] for match in RUNNING_UPGRADE.finditer(stderr))
+    return runs
 
 
 def failed_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -13,8 +13,10 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Engine
 
@@ -54,6 +56,14 @@ class Project:
         assert script is not None
         assert not isinstance(script, list)
         return Path(script.path).read_text()
+
+    def refused(self, metadata: MetaData, **x: str) -> str:
+        """Assert that :meth:`revise` stops with an error and writes no revision; its message."""
+        before = set(self.versions.glob("*.py"))
+        with pytest.raises(CommandError) as raised:
+            self.revise(metadata, **x)
+        assert set(self.versions.glob("*.py")) == before
+        return str(raised.value)
 
     def blank(self, message: str) -> Path:
         """``alembic revision -m message``: a revision to fill in by hand; its path."""

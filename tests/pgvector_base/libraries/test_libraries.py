@@ -41,7 +41,13 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
 from ..autogenerate.project import REPOSITORY_ROOT, Project
-from ..reliability.test_interrupted import AT_THE_GATE, GATE_KEY, first_value, gate_closed, poll
+from ..reliability.gates import (
+    AT_THE_GATE,
+    WAIT_AT_THE_GATE,
+    first_value,
+    gate_closed,
+    wait_at_the_gate,
+)
 
 PYTHON = REPOSITORY_ROOT / ".venv-libraries" / "bin" / "python"
 STORES = Path(__file__).with_name("stores.py")
@@ -79,13 +85,11 @@ THEIR_RELATIONS = text(
     "AND relname NOT LIKE 'article%' AND relname NOT LIKE 'ix\\_article%' "
     "AND relname NOT LIKE 'alembic\\_%'"
 )
-GATE = f"""
+GATE = f'''
     op.execute(
-        "DO $$ BEGIN WHILE EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND classid = 0 AND objid = {GATE_KEY} AND database = (SELECT oid FROM pg_database "
-        "WHERE datname = current_database())) LOOP PERFORM pg_sleep(0.05); END LOOP; END $$"
+        """{WAIT_AT_THE_GATE}"""
     )
-"""
+'''
 
 
 def team_models() -> MetaData:
@@ -170,7 +174,7 @@ def test_their_tables_rows_and_searches_survive_the_migrations(
         )
         with ThreadPoolExecutor(1) as executor, gate_closed(fresh_database_url):
             upgrade = executor.submit(project.upgrade)
-            poll(lambda: first_value(fresh_database_url, AT_THE_GATE), "the migration's gate")
+            wait_at_the_gate(fresh_database_url, "the migration's gate")
             stores(fresh_database_url, "create")
             assert first_value(fresh_database_url, AT_THE_GATE) is not None
         upgrade.result()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import BigInteger, Engine, Index, String, create_engine, delete, select, text
+from sqlalchemy import BigInteger, Engine, Index, String, create_engine, delete, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
@@ -29,7 +29,6 @@ from sqlalchemy.pool import NullPool
 from pgvector_base.loading import load
 from pgvector_base.search import SearchSettings, VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine, session_factory
-from tests.conftest import CreateDatabase
 
 from .conftest import StartPgBouncer
 
@@ -173,15 +172,11 @@ def process_client(
 
 
 @pytest.fixture(scope="module")
-def direct_url(create_database: CreateDatabase) -> URL:
+def direct_url(vector_engine: Engine) -> URL:
     """The module's database: items loaded and analyzed, and an empty request log."""
-    url = create_database()
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.begin() as connection:
-        connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-    PoolerBase.metadata.create_all(engine)
+    PoolerBase.metadata.create_all(vector_engine)
     vectors = np.random.default_rng(5).random((ROWS, DIM), dtype=np.float32)
-    with engine.begin() as connection:
+    with vector_engine.begin() as connection:
         load(
             connection,
             PooledItem.__table__,  # type: ignore[arg-type]
@@ -191,8 +186,7 @@ def direct_url(create_database: CreateDatabase) -> URL:
                 "embedding": vectors,
             },
         )
-    engine.dispose()
-    return url
+    return vector_engine.url
 
 
 @pytest.fixture(scope="module")

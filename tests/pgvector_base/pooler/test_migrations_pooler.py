@@ -8,7 +8,6 @@ A lock left behind that way by an older run is named as such to the next run, wi
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 
 import psycopg2
@@ -18,12 +17,10 @@ from sqlalchemy.engine import URL
 from pgvector_base.database import DATABASE_URL_ENV
 from pgvector_base.migration.locking import MIGRATION_LOCK_KEY
 
-from ..reliability.test_concurrency import RUNNING_UPGRADE
-from ..reliability.test_interrupted import poll
-from ..revisions import ALEMBIC_TIMEOUT, Migrations, failed_line
+from ..reliability.gates import CREATE_WIDGET, poll
+from ..revisions import Migrations, failed_line, run_replicas
 from .conftest import StartPgBouncer
 
-CREATE_WIDGET = 'op.create_table("widget", sa.Column("id", sa.BigInteger(), primary_key=True))'
 SETTINGS = ("lock_timeout", "statement_timeout", "maintenance_work_mem")
 SHOW_SETTINGS = "SELECT " + ", ".join(f"current_setting('{name}')" for name in SETTINGS)
 LOCK_ROWS = (
@@ -131,18 +128,7 @@ def test_replicas_through_session_mode_migrate_once(
 ) -> None:
     # Each replica holds a server connection for its run, and a second one for a moment.
     bouncer = pgbouncer(pool_mode="session", pool_size=2 * REPLICAS)
-    env = environment(bouncer.url(fresh_database_url))
-    replicas = [migrations.start("upgrade", "head", env=env) for _ in range(REPLICAS)]
-    runs: Counter[str] = Counter()
-    for replica in replicas:
-        try:
-            stdout, stderr = replica.communicate(timeout=ALEMBIC_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for each in replicas:
-                each.kill()
-            raise
-        assert replica.returncode == 0, stdout + stderr
-        runs.update(match[2] for match in RUNNING_UPGRADE.finditer(stderr))
+    runs = run_replicas(migrations, REPLICAS, environment(bouncer.url(fresh_database_url)))
     assert runs == Counter({migrations.head: 1})
     assert rows(fresh_database_url, "SELECT version_num FROM alembic_version") == [
         (migrations.head,)

@@ -11,8 +11,6 @@ would make the concurrent build wait forever.
 
 from __future__ import annotations
 
-import re
-import subprocess
 from collections import Counter
 from collections.abc import Callable
 
@@ -25,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from pgvector_base.database import DATABASE_URL_ENV
 from pgvector_base.migration.locking import MIGRATION_LOCK_KEY
 
-from ..revisions import ALEMBIC_TIMEOUT, Migrations, failed_line
+from ..revisions import Migrations, failed_line, run_replicas
 
 REPLICAS = 8
 FRESH_DATABASES = 5
@@ -54,24 +52,11 @@ with op.get_context().autocommit_block():
 op.execute("INSERT INTO applied VALUES ('after the autocommit block')")
 """
 CreateDatabase = Callable[[], URL]
-RUNNING_UPGRADE = re.compile(r"Running upgrade (\w*) -> (\w+),")
 
 
-def run_replicas(migrations: Migrations, url: URL) -> Counter[str]:
-    """Start ``REPLICAS`` upgrades at once; assert all succeed; count each revision's runs."""
-    env = {DATABASE_URL_ENV: url.render_as_string(hide_password=False)}
-    replicas = [migrations.start("upgrade", "head", env=env) for _ in range(REPLICAS)]
-    runs: Counter[str] = Counter()
-    for replica in replicas:
-        try:
-            stdout, stderr = replica.communicate(timeout=ALEMBIC_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for each in replicas:
-                each.kill()
-            raise
-        assert replica.returncode == 0, stdout + stderr
-        runs.update(match[2] for match in RUNNING_UPGRADE.finditer(stderr))
-    return runs
+def environment(url: URL) -> dict[str, str]:
+    """``DATABASE_URL`` at ``url``, for the replicas."""
+    return {DATABASE_URL_ENV: url.render_as_string(hide_password=False)}
 
 
 def database_state(url: URL) -> tuple[list[str], list[str], bool]:
@@ -96,7 +81,7 @@ def test_replicas_on_fresh_databases_apply_each_migration_once(
     head = migrations.add("concurrent index", CONCURRENT_INDEX)
     for _ in range(FRESH_DATABASES):
         url = create_database()
-        runs = run_replicas(migrations, url)
+        runs = run_replicas(migrations, REPLICAS, environment(url))
         assert runs == Counter(migrations.revisions())
         assert database_state(url) == (
             [head],
@@ -113,7 +98,7 @@ def test_replicas_on_a_database_one_revision_behind_apply_the_last_once(
     url = create_database()
     monkeypatch.setenv(DATABASE_URL_ENV, url.render_as_string(hide_password=False))
     command.upgrade(migrations.config(), behind)
-    runs = run_replicas(migrations, url)
+    runs = run_replicas(migrations, REPLICAS, environment(url))
     assert runs == Counter({head: 1})
     assert database_state(url) == (
         [head],

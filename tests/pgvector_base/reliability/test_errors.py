@@ -29,17 +29,15 @@ from pgvector_base.database import DATABASE_URL_ENV, EMBEDDED_PGDATA_ENV
 
 from ..revisions import Migrations, failed_line
 from .conftest import PASSWORD, scalars
-from .servers import Server, free_port
-from .test_interrupted import (
-    AT_THE_GATE,
+from .gates import (
     CREATE_WIDGET,
     SLOW_MIGRATION,
     WAIT_LIMIT,
-    first_value,
     gate_closed,
-    poll,
     schema,
+    wait_at_the_gate,
 )
+from .servers import Server, free_port
 
 ENCODED_PASSWORD = quote(PASSWORD, safe="")
 DIMENSIONS = 3
@@ -313,9 +311,7 @@ def test_ctrl_c_ends_in_one_line_and_rolls_back(
             upgrade = migrations.start("upgrade", "head")
         finally:
             signal.signal(signal.SIGINT, ours)
-        poll(
-            lambda: first_value(fresh_database_url, AT_THE_GATE), "the migration to reach the gate"
-        )
+        wait_at_the_gate(fresh_database_url, "the migration to reach the gate")
         os.kill(upgrade.pid, signal.SIGINT)
     stdout, stderr = upgrade.communicate(timeout=WAIT_LIMIT)
     line = failed_line(

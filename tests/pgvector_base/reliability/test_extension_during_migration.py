@@ -4,7 +4,7 @@ LangChain's and LlamaIndex's stores run ``CREATE EXTENSION IF NOT EXISTS vector`
 often at the same moment as the first deploy's ``alembic upgrade head``. The migration creates the
 extension, commits it, and only then starts its own transaction: the library's statement finds it
 there at once instead of waiting for the whole migration and then failing on the catalog's unique
-index. The migration is held at a gate (see ``test_interrupted.py``) inside its transaction while
+index. The migration is held at a gate (see ``gates.py``) inside its transaction while
 the library's statement runs; the test waits on what ``pg_stat_activity`` shows, never on time.
 """
 
@@ -17,9 +17,15 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from ..revisions import ALEMBIC_TIMEOUT, Migrations
-from .test_interrupted import AT_THE_GATE, SLOW_MIGRATION, first_value, gate_closed, poll
+from .gates import (
+    CREATE_WIDGET,
+    SLOW_MIGRATION,
+    first_value,
+    gate_closed,
+    poll,
+    wait_at_the_gate,
+)
 
-CREATE_WIDGET = 'op.create_table("widget", sa.Column("id", sa.BigInteger(), primary_key=True))'
 LIBRARY_STATEMENT = "CREATE EXTENSION IF NOT EXISTS vector"
 
 
@@ -62,7 +68,7 @@ def test_library_creating_the_extension_meanwhile_neither_waits_nor_fails(
     migrations.add("slow", SLOW_MIGRATION)
     with gate_closed(fresh_database_url):
         upgrade = migrations.start("upgrade", "head")
-        poll(lambda: first_value(fresh_database_url, AT_THE_GATE), "the migration at the gate")
+        wait_at_the_gate(fresh_database_url, "the migration at the gate")
         library = Library(fresh_database_url)
         library.start()
         state = poll(lambda: library.state(fresh_database_url), "the library's statement")

@@ -65,18 +65,22 @@ def git_repository() -> None:
         pytest.skip(f"needs git: {REPOSITORY_ROOT} is not a git repository yet (git init)")
 
 
-def repository_files() -> list[Path]:
-    """Files git tracks or would add, except ``tests/``, whose fake passwords are on purpose."""
-    listed = subprocess.run(
+def listed_files() -> list[str]:
+    """The names of the files git tracks or would add (a file deleted since may be among them)."""
+    return subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPOSITORY_ROOT,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.splitlines()
+
+
+def repository_files() -> list[Path]:
+    """Files git tracks or would add, except ``tests/``, whose fake passwords are on purpose."""
     return [
         REPOSITORY_ROOT / name
-        for name in listed
+        for name in listed_files()
         if not name.startswith("tests/") and (REPOSITORY_ROOT / name).is_file()
     ]
 
@@ -206,15 +210,8 @@ def test_password_is_never_printed(
 @pytest.mark.usefixtures("git_repository")
 def test_tests_that_need_git_say_so_where_the_project_is_no_repository(tmp_path: Path) -> None:
     """A generated project before ``git init``: its files, without ``.git``, and its tests run."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPOSITORY_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
     project = tmp_path / "project"
-    for name in listed:
+    for name in listed_files():
         if (REPOSITORY_ROOT / name).is_file():
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPOSITORY_ROOT / name, project / name)
