@@ -47,6 +47,15 @@ ENCODE_THE_PASSWORD = (
     "& as %26)"
 )
 
+# PgBouncer's answer to libpq's "options" startup parameter (PGOPTIONS, ?options=), which it does
+# not pass on, and what to do instead; the application layer and migrations both say it.
+REFUSED_OPTIONS = "unsupported startup parameter: options"
+REFUSED_OPTIONS_ADVICE = (
+    "the connection pooler refuses the connection's options (PGOPTIONS, or ?options= in the "
+    "database URL): set them on the role or database instead, e.g. "
+    "ALTER ROLE app SET client_connection_check_interval = '10s'"
+)
+
 
 class DatabaseConfigError(Exception):
     """A database setting that cannot be used; the message says which one and what to do."""

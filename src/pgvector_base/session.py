@@ -50,7 +50,15 @@ from sqlalchemy.sql.dml import UpdateBase
 # Not in SQLAlchemy's documented API, but what its own await_ checks to raise MissingGreenlet.
 from sqlalchemy.util.concurrency import in_greenlet
 
-from pgvector_base.database import DatabaseConfigError, display, parse_url, resolve_url, scrub
+from pgvector_base.database import (
+    REFUSED_OPTIONS,
+    REFUSED_OPTIONS_ADVICE,
+    DatabaseConfigError,
+    display,
+    parse_url,
+    resolve_url,
+    scrub,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +66,6 @@ POOL_SIZE_ENV = "DATABASE_POOL_SIZE"
 MAX_OVERFLOW_ENV = "DATABASE_MAX_OVERFLOW"
 PREPARE_THRESHOLD_ENV = "DATABASE_PREPARE_THRESHOLD"
 PREPARE_THRESHOLD_PARAMETER = "prepare_threshold"
-# PgBouncer's answer to libpq's "options" startup parameter (PGOPTIONS, ?options=), which it
-# does not pass on (unless listed in its ignore_startup_parameters).
-REFUSED_OPTIONS = "unsupported startup parameter: options"
 REPLICA_URLS_ENV = "DATABASE_REPLICA_URLS"
 REPLICA_OPTION = "replica"
 READ_REPLICA: Mapping[str, bool] = MappingProxyType({REPLICA_OPTION: True})
@@ -227,11 +232,7 @@ def _refused_options(context: ExceptionContext) -> None:
     """Turn a pooler's refusal of the ``options`` startup parameter into one clear line."""
     error = context.original_exception
     if context.connection is None and REFUSED_OPTIONS in str(error):
-        raise DatabaseConfigError(
-            "the connection pooler refuses the connection's options (PGOPTIONS, or ?options= in "
-            "the database URL): set them on the role or database instead, e.g. "
-            "ALTER ROLE app SET client_connection_check_interval = '10s'"
-        ) from None
+        raise DatabaseConfigError(REFUSED_OPTIONS_ADVICE) from None
 
 
 class ReadReplicas:

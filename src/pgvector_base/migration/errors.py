@@ -20,7 +20,13 @@ from alembic.util import CommandError
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from pgvector_base.database import DatabaseConfigError, scrub, sqlstate
+from pgvector_base.database import (
+    REFUSED_OPTIONS,
+    REFUSED_OPTIONS_ADVICE,
+    DatabaseConfigError,
+    scrub,
+    sqlstate,
+)
 from pgvector_base.migration import timeouts
 
 # SQLSTATE codes, see https://www.postgresql.org/docs/current/errcodes-appendix.html
@@ -176,6 +182,13 @@ def unreachable(failure: Failure) -> str | None:
     )
 
 
+def options_refused(failure: Failure) -> str | None:
+    """A pooler (PgBouncer) refuses the ``options`` startup parameter that ``PGOPTIONS`` sets."""
+    if REFUSED_OPTIONS not in failure.text:
+        return None
+    return f"cannot connect to PostgreSQL at {failure.where}: {REFUSED_OPTIONS_ADVICE}"
+
+
 def connection_failed(failure: Failure) -> str | None:
     """Any other failure to connect: libpq refused an option (``sslmode=require`` on a server
     without SSL, a port out of range in the query, an unknown option) before any statement ran."""
@@ -274,6 +287,7 @@ EXPLANATIONS: tuple[Callable[[Failure], str | None], ...] = (
     extension_not_allowed,
     pgai_missing,
     unreachable,
+    options_refused,
     connection_failed,
     dependent_objects,
     dimension_mismatch,

@@ -161,3 +161,27 @@ def test_lock_left_on_an_idle_pooled_connection_is_named_with_how_to_end_it(
     poll(lambda: rows(fresh_database_url, LOCK_ROWS) == [] or None, "the lock to go")
     retry = migrations.run("upgrade", "head", env=environment(fresh_database_url))
     assert retry.returncode == 0, retry.stderr
+
+
+def test_options_the_pooler_refuses_are_named_with_where_to_set_them(
+    migrations: Migrations, fresh_database_url: URL, pgbouncer: StartPgBouncer
+) -> None:
+    """``PGOPTIONS`` (docs/reliability.md's way to set ``client_connection_check_interval``) is a
+    startup parameter PgBouncer refuses: one line says to set it on the role or database."""
+    bouncer = pgbouncer(pool_mode="session")
+    result = migrations.run(
+        "upgrade",
+        "head",
+        env=environment(
+            bouncer.url(fresh_database_url),
+            PGOPTIONS="-c client_connection_check_interval=10s",
+        ),
+    )
+    assert result.returncode == 255
+    assert failed_line(result) == (
+        f"FAILED: cannot connect to PostgreSQL at 127.0.0.1:{bouncer.port}: the connection pooler "
+        "refuses the connection's options (PGOPTIONS, or ?options= in the database URL): set "
+        "them on the role or database instead, e.g. "
+        "ALTER ROLE app SET client_connection_check_interval = '10s'"
+    )
+    assert rows(fresh_database_url, "SELECT to_regclass('alembic_version')") == [(None,)]
