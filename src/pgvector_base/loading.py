@@ -2,9 +2,10 @@
 
 Rows are encoded into PostgreSQL's binary COPY format by :mod:`pgvector_base.encoding` while the
 server stores the rows before them: psycopg2's ``copy_expert`` reads the encoded stream as it
-sends it. Every row is checked before it is sent (number of values, types, vector dimensions,
-ranges); pgvector's receive functions refuse NaN and infinity on the server. Either way a bad row
-stops the load with a :class:`LoadError` naming its line and column.
+sends it, and psycopg 3's ``copy`` (or its async one, for :mod:`pgvector_base.aio`) is written
+each piece as it is encoded. Every row is checked before it is sent (number of values, types,
+vector dimensions, ranges); pgvector's receive functions refuse NaN and infinity on the server.
+Either way a bad row stops the load with a :class:`LoadError` naming its line and column.
 
 Everything happens in the caller's transaction, so a failed load leaves the table as it was once
 that transaction rolls back: commit once, after :func:`load` returns. What can be checked before a
@@ -38,6 +39,11 @@ from psycopg2.extensions import encodings, quote_ident
 from sqlalchemy import Boolean, Integer, Table, exists, not_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, StatementError
+
+try:
+    from sqlalchemy.util.concurrency import await_
+except ImportError:  # SQLAlchemy 2.0 names it await_only
+    from sqlalchemy.util import await_only as await_
 
 from pgvector_base.database import sqlstate
 from pgvector_base.encoding import (
@@ -75,7 +81,9 @@ SEND_BUFFER = 1 << 22
 
 # Rows, column batches (a mapping of column name to values), or an iterable of either.
 Rows = Iterable[Sequence[Any] | Mapping[str, Any]] | Mapping[str, Any]
-DriverConnection = psycopg2.extensions.connection | psycopg.Connection[Any]
+DriverConnection = (
+    psycopg2.extensions.connection | psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+)
 # pgvector's "invalid value for parameter": a build setting the server refuses.
 INVALID_PARAMETER_VALUE = "22023"
 # How often the server checks, while it runs a statement, that the client is still there: a client
@@ -268,9 +276,23 @@ def _copy(dbapi_connection: DriverConnection, sql: str, pieces: Iterator[bytes])
                     raise stream.error from None
                 raise
         return
+    if isinstance(dbapi_connection, psycopg.AsyncConnection):
+        # Called inside AsyncConnection.run_sync (pgvector_base.aio): SQLAlchemy's greenlet
+        # awaits the async COPY, as it awaits every other statement of the load.
+        await_(_copy_async(dbapi_connection, sql, pieces))
+        return
     with dbapi_connection.cursor() as copying, copying.copy(sql) as copy:
         for piece in pieces:
             copy.write(piece)
+
+
+async def _copy_async(
+    dbapi_connection: psycopg.AsyncConnection[Any], sql: str, pieces: Iterator[bytes]
+) -> None:
+    """:func:`_copy` through psycopg 3's async COPY."""
+    async with dbapi_connection.cursor() as copying, copying.copy(sql) as copy:
+        for piece in pieces:
+            await copy.write(piece)
 
 
 def _enlarge_send_buffer(dbapi_connection: DriverConnection) -> None:
@@ -340,7 +362,7 @@ def _quoted(connection: Connection, *parts: str) -> str:
 def _execute(connection: Connection, sql: str) -> None:
     """Run ``sql`` through the driver's own cursor, with no parameters: given an empty set of
     them, as SQLAlchemy does, psycopg2 would take a ``%`` in a quoted name for one."""
-    with _driver_connection(connection).cursor() as cursor:
+    with _driver_cursor(connection) as cursor:
         try:
             cursor.execute(sql)
         except (psycopg2.Error, psycopg.Error) as error:
@@ -480,7 +502,7 @@ def _build_indexes(connection: Connection, indexes: dict[str, str]) -> tuple[str
     else:
         dbapi_connection.add_notice_handler(handler := _notice_collector(notices))
     try:
-        with dbapi_connection.cursor() as cursor:
+        with _driver_cursor(connection) as cursor:
             for name, definition in indexes.items():
                 logger.info("Building index %s", name)
                 try:
@@ -536,8 +558,18 @@ def _encoding(dbapi_connection: DriverConnection) -> str:
 
 
 def _driver_connection(connection: Connection) -> DriverConnection:
-    """The psycopg2 or psycopg 3 connection under ``connection``, for COPY."""
-    dbapi_connection = connection.connection.dbapi_connection
-    if not isinstance(dbapi_connection, psycopg2.extensions.connection | psycopg.Connection):
+    """The psycopg2 or psycopg 3 (sync or async) connection under ``connection``, for COPY."""
+    dbapi_connection = connection.connection.driver_connection
+    if not isinstance(
+        dbapi_connection,
+        psycopg2.extensions.connection | psycopg.Connection | psycopg.AsyncConnection,
+    ):
         raise TypeError(f"binary COPY needs psycopg2 or psycopg 3, not {dbapi_connection!r}")
     return dbapi_connection
+
+
+def _driver_cursor(connection: Connection) -> contextlib.closing[Any]:
+    """A cursor of the driver's own under ``connection``, which sends SQL as it is. For an async
+    engine it is SQLAlchemy's adapter of psycopg 3's async cursor, which awaits each statement
+    inside ``run_sync``."""
+    return contextlib.closing(connection.connection.dbapi_connection.cursor())  # type: ignore[union-attr]

@@ -56,7 +56,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from pgvector_base.session import set_local
+from pgvector_base.session import READ_REPLICA, set_local
 
 ModelT = TypeVar("ModelT")
 
@@ -347,7 +347,8 @@ class VectorSearch(Generic[ModelT]):
             select(model, ordering, self._similarity(to_query))
             .order_by(ordering)
             .limit(bindparam("k", type_=Integer))
-            .options(defer(attribute)),
+            .options(defer(attribute))
+            .execution_options(**READ_REPLICA),
         )
         # The same query shape for keys and distances only, on the table's columns: no ORM
         # entities to load (see nearest_keys).
@@ -361,7 +362,8 @@ class VectorSearch(Generic[ModelT]):
             "Select[Any]",
             select(*mapper.primary_key, by_column)
             .order_by(by_column)
-            .limit(bindparam("k", type_=Integer)),
+            .limit(bindparam("k", type_=Integer))
+            .execution_options(**READ_REPLICA),
         )
 
     @property
@@ -394,7 +396,9 @@ class VectorSearch(Generic[ModelT]):
         """``SELECT row, distance, similarity ... WHERE ... ORDER BY distance LIMIT :k``.
 
         Execute it with the parameters ``query`` (the vector) and ``k``. The vector column itself
-        is deferred: results rarely need it, and it is the largest value of the row.
+        is deferred: results rarely need it, and it is the largest value of the row. It is marked
+        with :data:`~pgvector_base.session.READ_REPLICA`, so a routing session may send it to a
+        replica.
         """
         return _filtered(self._select, where)
 
@@ -452,7 +456,10 @@ class VectorSearch(Generic[ModelT]):
         if len(primary_keys) != 1:
             raise ValueError(f"{self.model.__name__} has a composite primary key; use nearest()")
         primary_key = primary_keys[0]
-        query = session.scalar(select(self.attribute).where(primary_key == key))
+        # From the server the search will run on, which may be a replica.
+        query = session.scalar(
+            select(self.attribute).where(primary_key == key).execution_options(**READ_REPLICA)
+        )
         if query is None:
             raise LookupError(
                 f"no {self.model.__name__} with {primary_key.key}={key!r} and a vector"
@@ -466,9 +473,11 @@ class VectorSearch(Generic[ModelT]):
 
         For a batch of queries, this saves the savepoint that ``settings=`` costs each one. Like
         ``SET LOCAL``, they end with the transaction, and never reach another user of the
-        pooled connection.
+        pooled connection. They are set on the server the session's searches go to, which may be
+        a replica.
         """
-        set_local(session, settings.parameters(self.index))
+        parameters = settings.parameters(self.index)
+        set_local(session.connection(bind_arguments={"clause": self._select}), parameters)
 
     def _run(
         self,
@@ -494,21 +503,27 @@ class VectorSearch(Generic[ModelT]):
         core: bool,
     ) -> Sequence[Any]:
         """The statement's rows, with ``settings`` for it alone; ``core`` runs it on the
-        session's connection, bypassing the ORM."""
+        session's connection, bypassing the ORM.
+
+        The settings and the statement go to the connection that the session's routing picks for
+        the statement (a replica's, for a :class:`~pgvector_base.session.RoutingSession`), so
+        that the settings reach the server that runs it.
+        """
         index_settings = settings.parameters(self.index) if settings else {}
+        route = {"clause": statement}
 
         def execute() -> Sequence[Any]:
             if core:
-                return session.connection().execute(statement, parameters).all()
+                return session.connection(bind_arguments=route).execute(statement, parameters).all()
             return session.execute(statement, parameters).all()
 
         if not index_settings:
             return execute()
-        # begin_nested() flushes pending changes first, so rolling the savepoint back undoes
-        # nothing but the settings.
+        # begin_nested() flushes pending changes first (after which a routing session reads from
+        # the primary), so rolling the savepoint back undoes nothing but the settings.
         savepoint = session.begin_nested()
         try:
-            set_local(session, index_settings)
+            set_local(session.connection(bind_arguments=route), index_settings)
             return execute()
         finally:
             savepoint.rollback()

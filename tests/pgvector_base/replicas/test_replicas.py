@@ -13,14 +13,30 @@ import logging
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from typing import Any
 
 import pytest
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import BigInteger, Index, Select, create_engine, func, insert, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Index,
+    Select,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import QueuePool
 
+from pgvector_base.aio import AsyncVectorSearch
 from pgvector_base.database import DatabaseConfigError
+from pgvector_base.search import SearchSettings, VectorSearch
 from pgvector_base.session import (
     READ_REPLICA,
     REPLICA_URLS_ENV,
@@ -217,6 +233,120 @@ def test_async_marked_reads_go_to_the_replica_and_see_their_own_writes_on_the_pr
                 await session.flush()
                 assert (await session.execute(search(QUERIES[2]))).first() == (ROWS + 1, False)
                 await session.rollback()
+        finally:
+            await primary.dispose()
+            for engine in replicas:
+                await engine.dispose()
+
+    asyncio.run(main())
+
+
+Served = list[tuple[bool, str, str]]
+
+
+@contextmanager
+def searches_served(*engines: Engine | AsyncEngine) -> Iterator[Served]:
+    """For each search sent through ``engines`` (a statement with ORDER BY), what the connection
+    that ran it says right after it, in the search's own transaction and savepoint: whether its
+    server is a replica, its ``hnsw.ef_search``, and its plan for the statement."""
+    served: Served = []
+
+    def after(connection: Any, _: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        if "ORDER BY" not in statement:
+            return
+        # The driver's cursor (or, async, SQLAlchemy's adapter of it), on the same connection.
+        with closing(connection.connection.dbapi_connection.cursor()) as raw:
+            raw.execute("SELECT pg_is_in_recovery(), current_setting('hnsw.ef_search')")
+            in_recovery, ef_search = raw.fetchone()
+            raw.execute(f"EXPLAIN {statement}", parameters)
+            plan = "\n".join(row[0] for row in raw.fetchall())
+        served.append((in_recovery, ef_search, plan))
+
+    targets = [
+        engine.sync_engine if isinstance(engine, AsyncEngine) else engine for engine in engines
+    ]
+    for target in targets:
+        event.listen(target, "after_cursor_execute", after)
+    try:
+        yield served
+    finally:
+        for target in targets:
+            event.remove(target, "after_cursor_execute", after)
+
+
+def on_the_replica_by_its_index(served: Served, ef_search: str) -> bool:
+    return bool(served) and all(
+        in_recovery and setting == ef_search and "Index Scan using ix_replica_doc_embedding" in plan
+        for in_recovery, setting, plan in served
+    )
+
+
+def test_vector_searches_run_on_the_replica_with_their_settings_on_the_same_connection(
+    cluster: harness.Cluster,
+) -> None:
+    primary = create_app_engine(cluster.primary)
+    (replica,) = create_replica_engines([cluster.replica])
+    sessions = session_factory(primary, [replica])
+    docs = VectorSearch(Doc, Doc.embedding)
+    # At most ef_search rows come back from an HNSW scan (sometimes fewer): a setting that
+    # reached another server than the search would let all K through.
+    few = SearchSettings(ef_search=3)
+    current = select(func.current_setting("hnsw.ef_search"), func.pg_is_in_recovery())
+    try:
+        with Session(primary) as direct:  # the primary's own answers, the same index replayed
+            answers = [docs.nearest_keys(direct, query, K) for query in QUERIES]
+        with sessions() as session, searches_served(primary, replica) as served:
+            for n, query in enumerate(QUERIES):
+                assert docs.nearest_keys(session, query, K) == answers[n]
+                assert [hit.item.id for hit in docs.nearest(session, query, K)] == [
+                    key for key, _ in answers[n]
+                ]
+            assert on_the_replica_by_its_index(served, "40")
+            served.clear()
+            assert len(docs.nearest_keys(session, QUERIES[0], K, settings=few)) <= 3
+            assert len(docs.nearest(session, QUERIES[0], K, settings=few)) <= 3
+            assert len(docs.neighbors_of(session, 7, K, settings=few)) <= 3
+            assert on_the_replica_by_its_index(served, "3")
+            # Rolled back with the search's savepoint, on the replica connection it was set on.
+            marked = current.execution_options(**READ_REPLICA)
+            assert session.execute(marked).one() == ("40", True)
+            served.clear()
+            docs.configure(session, few)
+            assert len(docs.nearest_keys(session, QUERIES[1], K)) <= 3
+            assert on_the_replica_by_its_index(served, "3")
+        with sessions() as session:
+            assert session.execute(current).one() == ("40", False)  # the primary: untouched
+    finally:
+        primary.dispose()
+        replica.dispose()
+
+
+def test_async_vector_searches_run_on_the_replica_with_their_settings(
+    cluster: harness.Cluster,
+) -> None:
+    docs = AsyncVectorSearch(Doc, Doc.embedding)
+    few = SearchSettings(ef_search=3)
+
+    async def main() -> None:
+        primary = create_async_app_engine(cluster.primary)
+        replicas = create_async_replica_engines([cluster.replica])
+        sessions = async_session_factory(primary, replicas)
+
+        async def request(n: int) -> tuple[int, int]:
+            async with sessions() as session:
+                found = await docs.nearest_keys(session, QUERIES[n % len(QUERIES)], K)
+                limited = await docs.nearest(session, QUERIES[n % len(QUERIES)], K, settings=few)
+                return len(found), len(limited)
+
+        try:
+            with searches_served(primary, *replicas) as served:
+                sizes = await asyncio.gather(*(request(n) for n in range(16)))
+            assert all(found == K and limited <= 3 for found, limited in sizes)
+            assert sorted(setting for _, setting, _ in served) == ["3"] * 16 + ["40"] * 16
+            for ef_search in ("3", "40"):
+                assert on_the_replica_by_its_index(
+                    [each for each in served if each[1] == ef_search], ef_search
+                )
         finally:
             await primary.dispose()
             for engine in replicas:
