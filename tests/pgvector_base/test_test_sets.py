@@ -7,13 +7,12 @@ each kind of folder, and pytest is asked (``--collect-only``) what it would run.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPOSITORY_ROOT
+from tests.pgvector_base.inner_pytest import run_pytest
 
 FOLDERS = ("schema", "example", "our_own", "pgvector_base", "template")
 TEAMS = ["schema", "example", "our_own"]
@@ -38,23 +37,7 @@ def project(tmp_path: Path) -> Path:
 
 def collected(project: Path, *arguments: str) -> list[str]:
     """The folders under ``tests/`` of the tests ``pytest ARGUMENTS`` would run in ``project``."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--collect-only",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            *arguments,
-        ],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    result = run_pytest(project, "--collect-only", "-q", *arguments)
     assert result.returncode == 0, result.stdout + result.stderr
     ids = [line for line in result.stdout.splitlines() if "::" in line]
     return sorted(Path(node.split("::")[0]).parent.name for node in ids)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import ast
 import configparser
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -29,6 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from pgvector_base.database import DATABASE_URL_ENV
 
+from ..inner_pytest import run_pytest
 from ..revisions import REPOSITORY_ROOT, Migrations, failed_line
 from .conftest import PASSWORD, scalars
 from .servers import Server
@@ -216,28 +215,14 @@ def test_tests_that_need_git_say_so_where_the_project_is_no_repository(tmp_path:
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPOSITORY_ROOT / name, project / name)
     this_file = Path(__file__).relative_to(REPOSITORY_ROOT)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-rs",
-            str(this_file),
-            "-k",
-            "committed or ignored",
-        ],
-        cwd=project,
-        # git looks no further up than the project for a repository. An outer pytest's options
-        # (a --basetemp above the copy, from the template's generation tests) are not this run's.
-        env={
-            **{name: value for name, value in os.environ.items() if name != "PYTEST_ADDOPTS"},
-            "GIT_CEILING_DIRECTORIES": str(tmp_path),
-        },
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_pytest(
+        project,
+        "-rs",
+        str(this_file),
+        "-k",
+        "committed or ignored",
+        # git looks no further up than the project for a repository.
+        env={"GIT_CEILING_DIRECTORIES": str(tmp_path)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "returned 128" not in result.stdout
