@@ -1,6 +1,6 @@
 """Benchmark of the template's loader, index builds and search, on a fresh database.
 
-    poetry run python -m benchmarks.bench                 # 100,000 x 384: about 15 minutes
+    poetry run python -m benchmarks.bench                 # 100,000 x 384: about 20 minutes
     poetry run python -m benchmarks.bench --only load     # the loader and its bounds alone
     poetry run python -m benchmarks.bench --only query    # latency, recall and throughput alone
 
@@ -21,8 +21,12 @@ per part:
   recall@k; a filter that 10% of the rows match, without and with iterative scans; one query's
   time taken apart; then throughput from N = 1, 2, 4, 8 client processes for a fixed time against
   ``pgbench`` running the same SQL with the same query vectors;
+* async (:mod:`.async_throughput`): N = 1, 4, 16 asyncio tasks in one process, a session per
+  request through :class:`~pgvector_base.aio.AsyncVectorSearch`, against pgbench;
 * prepared (:mod:`.prepared`): server-side prepared statements off and on, in the
   session-per-request pattern;
+* replica (:mod:`.replica`, :mod:`.cluster`): searches marked as replica reads on a primary alone
+  and routed to its streaming replica, on 20,000 rows;
 * startup (:mod:`.startup`): ``alembic current`` in the template against stock Alembic's;
 * scaling (:mod:`.scaling`): loading, building and a query at five table sizes, from a tenth of
   ``--rows`` to twice it.

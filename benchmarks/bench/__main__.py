@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import benchmarks.bench
+from benchmarks.bench.async_throughput import measure_async_throughput
 from benchmarks.bench.build import measure_builds
 from benchmarks.bench.common import (
     INDEX,
@@ -29,6 +30,7 @@ from benchmarks.bench.common import (
 from benchmarks.bench.load import measure_loads
 from benchmarks.bench.prepared import measure_prepared
 from benchmarks.bench.query import measure_overhead, measure_queries
+from benchmarks.bench.replica import measure_replica
 from benchmarks.bench.report import draw_charts, goals, markdown, serialized
 from benchmarks.bench.scaling import measure_scaling
 from benchmarks.bench.startup import measure_startup
@@ -43,7 +45,9 @@ from pgvector_base.search import VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine
 
 # In the order they run: scaling last, as it leaves other sizes in the table.
-PARTS = ("load", "build", "query", "prepared", "startup", "scaling")
+PARTS = ("load", "build", "query", "async", "prepared", "replica", "startup", "scaling")
+# The parts that search the whole table, with its index.
+SEARCHES = {"build", "query", "async", "prepared"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement")
     parser.add_argument("--duration", type=int, default=5, help="seconds of each throughput run")
     parser.add_argument("--clients", default="1,2,4,8", help="client counts for throughput")
+    parser.add_argument(
+        "--tasks", default="1,4,16", help="task counts for async throughput and the replica"
+    )
     parser.add_argument("--only", choices=PARTS, help="run one part, print it, write nothing")
     parser.add_argument(
         "--output",
@@ -114,7 +121,7 @@ def run(url: URL, args: argparse.Namespace) -> Results:
             results.loads = measure_loads(
                 engine, app, model=model, table=table, data=data, repeats=args.repeats
             )
-        if {"build", "query", "prepared"} & set(parts):
+        if SEARCHES & set(parts):
             # The last load measured may have been a sample: every row, once.
             with engine.begin() as connection:
                 connection.execute(text("TRUNCATE item"))
@@ -122,7 +129,7 @@ def run(url: URL, args: argparse.Namespace) -> Results:
                 connection.execute(text("ANALYZE item"))
         if "build" in parts:
             results.builds = measure_builds(engine, url, args.repeats)
-        elif {"query", "prepared"} & set(parts):
+        elif SEARCHES & set(parts):
             build(engine, BuildSettings().parameters())
         if "query" in parts:
             results.searches, results.filtered = measure_queries(app, model, data, args.k)
@@ -138,9 +145,29 @@ def run(url: URL, args: argparse.Namespace) -> Results:
                 repeats=args.repeats,
                 clients=[int(n) for n in args.clients.split(",")],
             )
+        tasks = [int(n) for n in args.tasks.split(",")]
+        if "async" in parts:
+            results.async_throughput = measure_async_throughput(
+                app,
+                model,
+                data.queries,
+                k=args.k,
+                duration=args.duration,
+                repeats=args.repeats,
+                tasks=tasks,
+            )
         if "prepared" in parts:
             results.prepared = measure_prepared(
                 url, model, data.queries, k=args.k, repeats=args.repeats
+            )
+        if "replica" in parts:
+            results.replica = measure_replica(
+                model,
+                data,
+                k=args.k,
+                duration=args.duration,
+                repeats=args.repeats,
+                tasks=tasks,
             )
         if "startup" in parts:
             results.startup = measure_startup(url, args.repeats)

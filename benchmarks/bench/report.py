@@ -7,9 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench.build import BUILD_ALEMBIC
-from benchmarks.bench.common import DEFAULT_EF_SEARCH, Goal, Queries, Results, Spread
+from benchmarks.bench.common import (
+    DEFAULT_EF_SEARCH,
+    Goal,
+    Queries,
+    Results,
+    Spread,
+    Throughput,
+)
 from benchmarks.bench.load import COLUMNS, LISTS, NUMPY_ROWS
 from benchmarks.bench.query import KEYS, NEAREST
+from benchmarks.bench.replica import REPLICA_ROWS
 from benchmarks.bench.startup import TEMPLATE
 
 RECALL_CHART = "recall_latency.png"
@@ -64,6 +72,11 @@ def goals(results: Results) -> list[Goal]:
             Goal("nearest() QPS over pgbench QPS, N = 4", four[0].app_over_pgbench, 0.8),
             Goal("nearest_keys() QPS over pgbench QPS, N = 4", four[0].keys_over_pgbench, 0.9),
         ]
+    found += [
+        Goal("async nearest_keys() QPS over pgbench QPS, N = 4 tasks", t.keys_over_pgbench, 0.7)
+        for t in results.async_throughput
+        if t.clients == 4
+    ]
     found += [
         Goal(f"{step.command} over stock Alembic's", step.over_stock, 1.3, at_most=True)
         for step in results.startup
@@ -140,20 +153,26 @@ def markdown(results: Results, *, charts: list[str]) -> str:
                 for step in results.overhead
             ),
         ]
-    if results.throughput:
+    lines += throughput_table("Clients", results.throughput)
+    lines += throughput_table(
+        "Async tasks, one process, a session per request", results.async_throughput
+    )
+    if results.replica:
         lines += [
             "",
-            f"| Clients (HNSW, ef_search = {DEFAULT_EF_SEARCH}) | nearest QPS "
-            "| p50 / p95 / p99 ms | nearest_keys QPS | p50 / p95 / p99 ms "
-            "| pgbench QPS | p50 / p95 / p99 ms | nearest / pgbench | nearest_keys / pgbench |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| Searches marked as replica reads, "
+            f"{REPLICA_ROWS:,} rows (HNSW, ef_search = {DEFAULT_EF_SEARCH}) "
+            "| primary alone | routed to its replica | replica / primary |",
+            "|---|--:|--:|--:|",
             *(
-                f"| {t.clients} | {t.app_qps.show(0)} | {milliseconds(t.app_ms)} "
-                f"| {t.keys_qps.show(0)} | {milliseconds(t.keys_ms)} "
-                f"| {t.pgbench_qps.show(0)} | {milliseconds(t.pgbench_ms)} "
-                f"| {t.app_over_pgbench.show()} | {t.keys_over_pgbench.show()} |"
-                for t in results.throughput
+                f"| {r.figure} | {r.primary.show(2 if 'ms' in r.figure else 0)} "
+                f"| {r.replica.show(2 if 'ms' in r.figure else 0)} "
+                f"| {r.replica_over_primary.show()} |"
+                for r in results.replica
             ),
+            "",
+            "The replica runs on the same cores as the primary: on a 2-core machine it adds no "
+            "capacity, and these figures show the cost of routing alone.",
         ]
     if results.prepared:
         lines += [
@@ -229,6 +248,26 @@ def queries_tables(results: Results) -> list[str]:
             ),
         ]
     return lines
+
+
+def throughput_table(title: str, rows: list[Throughput]) -> list[str]:
+    """QPS and latency of ``nearest``, ``nearest_keys`` and pgbench by client count."""
+    if not rows:
+        return []
+    return [
+        "",
+        f"| {title} (HNSW, ef_search = {DEFAULT_EF_SEARCH}) | nearest QPS "
+        "| p50 / p95 / p99 ms | nearest_keys QPS | p50 / p95 / p99 ms "
+        "| pgbench QPS | p50 / p95 / p99 ms | nearest / pgbench | nearest_keys / pgbench |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        *(
+            f"| {t.clients} | {t.app_qps.show(0)} | {milliseconds(t.app_ms)} "
+            f"| {t.keys_qps.show(0)} | {milliseconds(t.keys_ms)} "
+            f"| {t.pgbench_qps.show(0)} | {milliseconds(t.pgbench_ms)} "
+            f"| {t.app_over_pgbench.show()} | {t.keys_over_pgbench.show()} |"
+            for t in rows
+        ),
+    ]
 
 
 def milliseconds(cuts: tuple[float, float, float]) -> str:

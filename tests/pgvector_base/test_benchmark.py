@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = REPOSITORY_ROOT / "benchmarks" / "results.md"
-TOY = ["--dim", "32", "--queries", "20", "--duration", "1", "--clients", "1,2"]
+TOY = ["--dim", "32", "--queries", "20", "--duration", "1", "--clients", "1,2", "--tasks", "1,4"]
 # Rows of each part's toy table: enough for the planner to choose the HNSW index over a sort, for
 # the scaling part's smallest size (a tenth of them) too.
 ROWS = {"scaling": 15000}
@@ -43,6 +43,18 @@ EXPECTED = {
         "| VectorSearch.nearest_keys() |",
         "| Clients (HNSW, ef_search = 40) |",
         "| 2 | ",
+    ],
+    "async": [
+        "| Async tasks, one process, a session per request (HNSW, ef_search = 40) |",
+        "| 4 | ",
+        "| async nearest_keys() QPS over pgbench QPS, N = 4 tasks |",
+    ],
+    # The part checks that the routed searches, and only they, were served by the replica.
+    "replica": [
+        "| nearest_keys(), a request at a time: median latency, ms |",
+        "| nearest(), a request at a time: median latency, ms |",
+        "| nearest_keys(), 4 async tasks: QPS |",
+        "on a 2-core machine it adds no capacity",
     ],
     "prepared": [
         "| nearest_keys | close |",
