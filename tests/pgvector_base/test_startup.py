@@ -141,9 +141,10 @@ def test_a_migration_using_create_vectorizer_registers_pgais_operations(
     pgai = pytest.importorskip(
         "pgai", reason="pgai is not installed; its tests need `poetry install --with pgai`"
     )
-    from pgvector_base import pgai_setup
-
-    pgai.install(pgai_setup.libpq_url(fresh_database_url))
+    # Not pgai_setup's helper: a project made without pgai support has no pgai_setup module.
+    pgai.install(
+        fresh_database_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
     migrations = Migrations(tmp_path)
     first = migrations.add("blog", upgrade=BLOG_TABLE, downgrade='op.drop_table("blog")')
     migrations.add(
