@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         drop_database(server, database)
     output = args.output or (None if args.only else RESULTS)
+    if output:
+        output.mkdir(parents=True, exist_ok=True)
     charts = draw_charts(results, output) if output else []
     report = markdown(results, charts=charts)
     print(report)
