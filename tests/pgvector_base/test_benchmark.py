@@ -19,8 +19,9 @@ from sqlalchemy.engine import URL
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = REPOSITORY_ROOT / "benchmarks" / "results.md"
 TOY = ["--dim", "32", "--queries", "20", "--duration", "1", "--clients", "1,2", "--tasks", "1,4"]
-# Rows of each part's toy table: enough for the planner to choose the HNSW index over a sort, for
-# the scaling part's smallest size (a tenth of them) too.
+# Rows of each part's toy table: enough for the planner to choose the HNSW index over a sort. The
+# scaling part turns sequential scans off for its searches, so fewer do for it (its smallest size
+# is a tenth of them).
 ROWS = {"scaling": 15000}
 CHARTS = ("recall_latency.png", "throughput.png")
 
