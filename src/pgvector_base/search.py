@@ -561,9 +561,7 @@ class VectorSearch(Generic[ModelT]):
         try:
             # struct refuses a value outside float4's or float2's range, as the server would.
             encoded = encoding.packer.pack(len(query), 0, *query)
-            # One NaN or infinity makes the sum so; finite float4 values cannot add up to
-            # infinity in a float, and summing is several times faster than testing each value.
-            finite = math.isfinite(sum(query))
+            finite = _all_finite(query)
         except (struct.error, OverflowError, TypeError):
             return None
         if not finite:
@@ -593,9 +591,7 @@ class VectorSearch(Generic[ModelT]):
                 f"the query vector has {size} dimensions; {self._where} has {self.dimensions}"
             )
         stored = vector.values() if isinstance(vector, SparseVector) else vector.to_list()
-        # One NaN or infinity makes the sum so; finite float4 values cannot add up to infinity in
-        # a float, and summing is several times faster than testing each value.
-        if not math.isfinite(sum(stored)):
+        if not _all_finite(stored):
             raise ValueError(_flaw(query, self._where))
         if self.distance is Distance.COSINE and not any(stored):
             raise ValueError("the query vector is all zeros, which has no cosine distance")
@@ -616,6 +612,12 @@ def _dense_encoding(column_type: TypeEngine[Any]) -> _DenseEncoding | None:
     code, size = ("f", 4) if isinstance(column_type, VECTOR) else ("e", 2)
     magnitude = int.from_bytes((b"\x7f" + b"\xff" * (size - 1)) * dim, "big")
     return _DenseEncoding(struct.Struct(f">HH{dim}{code}"), magnitude)
+
+
+def _all_finite(values: Sequence[float]) -> bool:
+    """Whether no value is NaN or infinite. One such value makes the sum so; finite float4 values
+    cannot add up to infinity in a float, and summing is several times faster than testing each."""
+    return math.isfinite(sum(values))
 
 
 def _whole(k: Any) -> int:
