@@ -24,6 +24,7 @@ from pgvector_base.migration import (
     errors,
     exclusion,
     locking,
+    partitions,
     pgai,
     rendering,
     schemas,
@@ -53,12 +54,14 @@ def configure(**kwargs: Any) -> None:
         # Alembic's comparators plus ours: index definitions and vector dimensions; before any
         # comparison, a check of the models' vector indexes against pgvector; after it, CREATE
         # SCHEMA where needed, no stored vector dropped unasked, and the library type each of the
-        # team's own column types is written as. (Enum types compare through
+        # team's own column types is written as; partitions are created as the models declare
+        # them and never dropped. (Enum types compare through
         # alembic-postgresql-enum, which needs no entry here: see enums.py.)
         autogenerate_plugins=[
             "alembic.autogenerate.*",
             comparison.PLUGIN_NAME,
             validation.PLUGIN_NAME,
+            partitions.PLUGIN_NAME,
             schemas.PLUGIN_NAME,
             stored_vectors.PLUGIN_NAME,
             rendering.PLUGIN_NAME,
