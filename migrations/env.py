@@ -29,6 +29,7 @@ from pgvector_base.migration import (
     rendering,
     schemas,
     stored_vectors,
+    tenancy,
     timeouts,
     validation,
 )
@@ -55,13 +56,15 @@ def configure(**kwargs: Any) -> None:
         # comparison, a check of the models' vector indexes against pgvector; after it, CREATE
         # SCHEMA where needed, no stored vector dropped unasked, and the library type each of the
         # team's own column types is written as; partitions are created as the models declare
-        # them and never dropped. (Enum types compare through
+        # them and never dropped; row-level security, its policy and grants as they declare
+        # them. (Enum types compare through
         # alembic-postgresql-enum, which needs no entry here: see enums.py.)
         autogenerate_plugins=[
             "alembic.autogenerate.*",
             comparison.PLUGIN_NAME,
             validation.PLUGIN_NAME,
             partitions.PLUGIN_NAME,
+            tenancy.PLUGIN_NAME,
             schemas.PLUGIN_NAME,
             stored_vectors.PLUGIN_NAME,
             rendering.PLUGIN_NAME,
