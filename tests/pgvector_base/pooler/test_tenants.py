@@ -1,0 +1,290 @@
+"""Many tenants in one database, through a transaction-mode PgBouncer: the database isolates them.
+
+``document`` is partitioned by tenant and isolated by row-level security
+(:mod:`pgvector_base.migration.partitions`, :mod:`pgvector_base.migration.tenancy`), migrated by
+autogenerate as its owner, a role that is not a superuser. The application connects as a role of
+its own through PgBouncer in transaction mode, with fewer server connections than tenants, so
+consecutive transactions of different tenants share server connections. The oracle is what was
+stored: each tenant's rows are known by key, and every answer is checked against them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Index,
+    MetaData,
+    String,
+    create_engine,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+
+from pgvector_base.loading import load
+from pgvector_base.migration import partitions, tenancy
+from pgvector_base.search import VectorSearch
+from pgvector_base.session import (
+    TENANT_SETTING,
+    EngineSettings,
+    create_app_engine,
+    session_factory,
+    tenant_session,
+)
+from tests.conftest import CreateDatabase
+from tests.pgvector_base.autogenerate.project import Project
+
+from .conftest import StartPgBouncer
+
+DIM = 8
+TENANTS = ("acme", "globex", "initech", "hooli")
+ROWS_PER_TENANT = 200
+REQUESTS = 30
+# Cluster-wide names, one pair per test process.
+OWNER = f"tenant_owner_{os.getpid()}"
+APP = f"tenant_app_{os.getpid()}"
+
+
+class TenantBase(DeclarativeBase):
+    """This module's own tables."""
+
+
+class Document(TenantBase):
+    __tablename__ = "document"
+
+    tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    embedding: Mapped[Any] = mapped_column(VECTOR(DIM))
+
+    __table_args__ = (
+        Index(
+            "ix_document_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        tenancy.isolated_by(
+            "tenant_id",
+            role=APP,
+            partitions=partitions.by_list("tenant_id", {tenant: [tenant] for tenant in TENANTS}),
+        ),
+    )
+
+
+SEARCH = VectorSearch(Document, Document.embedding)
+
+
+def key(tenant: str, number: int) -> int:
+    """The id of a tenant's ``number``-th stored row: each tenant's ids are its own."""
+    return TENANTS.index(tenant) * 1_000_000 + number
+
+
+@dataclass
+class Deployment:
+    """The database, its owner's migrations project and the server URL as superuser."""
+
+    database: URL
+    project: Project
+
+
+@pytest.fixture(scope="module")
+def deployment(create_database: CreateDatabase, tmp_path_factory: Any) -> Iterator[Deployment]:
+    """``document`` migrated by its owner, and each tenant's rows stored."""
+    database = create_database()
+    admin = create_engine(database, poolclass=NullPool)
+    with admin.begin() as connection:
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+        connection.execute(text(f"CREATE ROLE {OWNER} LOGIN"))
+        connection.execute(text(f"CREATE ROLE {APP} LOGIN"))
+        connection.execute(text(f"ALTER SCHEMA public OWNER TO {OWNER}"))
+    owner = create_engine(database.set(username=OWNER), poolclass=NullPool)
+    project = Project(owner, Path(tmp_path_factory.mktemp("tenants")) / "versions")
+    try:
+        project.revise(TenantBase.metadata, message="documents")
+        project.upgrade()
+        vectors = np.random.default_rng(3).random((len(TENANTS) * ROWS_PER_TENANT, DIM))
+        with admin.begin() as connection:
+            # A superuser is not held to the policies: it loads every tenant's rows at once,
+            # routed to their partitions.
+            load(
+                connection,
+                Document.__table__,  # type: ignore[arg-type]
+                {
+                    "tenant_id": [t for t in TENANTS for _ in range(ROWS_PER_TENANT)],
+                    "id": [key(t, n) for t in TENANTS for n in range(ROWS_PER_TENANT)],
+                    "embedding": vectors.astype(np.float32),
+                },
+            )
+        yield Deployment(database, project)
+    finally:
+        owner.dispose()
+        with admin.begin() as connection:
+            for role in (APP, OWNER):
+                connection.execute(text(f"DROP OWNED BY {role} CASCADE"))
+        admin.dispose()
+        drop_roles(create_engine(database.set(database="postgres"), poolclass=NullPool))
+
+
+def drop_roles(engine: Engine) -> None:
+    """Drop the module's roles (nothing in any database refers to them any more)."""
+    with engine.begin() as connection:
+        for role in (APP, OWNER):
+            connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
+    engine.dispose()
+
+
+def app_engine(pooler: Any, database: URL, pool_size: int) -> Engine:
+    """The application's engine, as the application role, through the pooler."""
+    return create_app_engine(
+        pooler.url(database).set(username=APP),
+        EngineSettings(pool_size=pool_size, max_overflow=0),
+    )
+
+
+def requests(engine: Engine, tenant: str, offset: int, start: threading.Barrier) -> list[str]:
+    """A client's requests for ``tenant``, each committing a row: a line per wrong answer."""
+    sessions = session_factory(engine)
+    query = np.random.default_rng(offset).random(DIM).tolist()
+    problems: list[str] = []
+    own = {key(tenant, n) for n in range(ROWS_PER_TENANT)}
+    others = [key(other, 1) for other in TENANTS if other != tenant]
+    start.wait()
+    for number in range(REQUESTS):
+        with tenant_session(sessions, tenant) as session:
+            found = SEARCH.nearest(session, query, 10)
+            tenants = {hit.item.tenant_id for hit in found}
+            if len(found) != 10 or tenants != {tenant}:
+                problems.append(f"{tenant} #{number}: search gave {len(found)} rows of {tenants}")
+            keys = {row.id for row in session.scalars(select(Document))}
+            written = {key(tenant, 500_000 + n) for n in range(number)}
+            if keys != own | written:
+                problems.append(f"{tenant} #{number}: plain query saw {len(keys - own)} others")
+            leaked = [
+                other
+                for other in others
+                if session.get(Document, (TENANTS[other // 1_000_000], other))
+            ]
+            if leaked or session.get(Document, (tenant, key(tenant, 1))) is None:
+                problems.append(f"{tenant} #{number}: loads gave {leaked}, not its own row")
+            session.add(
+                Document(tenant_id=tenant, id=key(tenant, 500_000 + number), embedding=query)
+            )
+            session.commit()
+    return problems
+
+
+def test_threads_of_many_tenants_see_only_their_own_rows(
+    deployment: Deployment, pgbouncer: StartPgBouncer
+) -> None:
+    # Two server connections for four tenants' clients: their transactions take turns on them.
+    pooler = pgbouncer(pool_mode="transaction", pool_size=2, users=[APP])
+    engine = app_engine(pooler, deployment.database, pool_size=4)
+    start = threading.Barrier(len(TENANTS))
+    try:
+        with ThreadPoolExecutor(len(TENANTS)) as pool:
+            futures = [
+                pool.submit(requests, engine, tenant, offset, start)
+                for offset, tenant in enumerate(TENANTS)
+            ]
+            problems = [line for future in futures for line in future.result()]
+    finally:
+        engine.dispose()
+    assert problems == []
+    servers = [row for row in pooler.admin("SHOW SERVERS") if row["user"] == APP]
+    assert 1 <= len(servers) <= 2
+    # Every request's row was stored, in its tenant's partition.
+    with create_engine(deployment.database, poolclass=NullPool).connect() as connection:
+        stored = connection.execute(
+            text(
+                "SELECT tableoid::regclass::text, count(*) FROM document WHERE id % 1000000 "
+                ">= 500000 GROUP BY 1 ORDER BY 1"
+            )
+        ).all()
+    assert stored == sorted((f"document_{tenant}", REQUESTS) for tenant in TENANTS)
+
+
+def test_a_reused_connection_carries_no_tenant(
+    deployment: Deployment, pgbouncer: StartPgBouncer
+) -> None:
+    pooler = pgbouncer(pool_mode="transaction", pool_size=1, users=[APP])
+    engine = app_engine(pooler, deployment.database, pool_size=1)
+    sessions = session_factory(engine)
+    try:
+        with tenant_session(sessions, "acme") as session:
+            first = session.scalar(select(func.pg_backend_pid()))
+            stored = session.scalar(select(func.count()).select_from(Document))
+            assert stored is not None
+            assert stored >= ROWS_PER_TENANT
+            session.commit()
+        with sessions() as session:
+            # The same server connection, right after acme's transaction.
+            assert session.scalar(select(func.pg_backend_pid())) == first
+            assert session.scalar(select(func.current_setting(TENANT_SETTING, True))) in {"", None}
+            assert session.scalar(select(func.count()).select_from(Document)) == 0
+            assert session.get(Document, ("acme", key("acme", 1))) is None
+            assert SEARCH.nearest(session, [1.0] * DIM, 10) == []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("statement", "refusal"),
+    [
+        ("SET LOCAL row_security = off; SELECT count(*) FROM document", "row-level security"),
+        ("ALTER TABLE document DISABLE ROW LEVEL SECURITY", "must be owner"),
+        ("ALTER TABLE document NO FORCE ROW LEVEL SECURITY", "must be owner"),
+        ("DROP POLICY tenant_isolation ON document", "must be owner"),
+        ("SELECT count(*) FROM document_globex", "permission denied"),
+        ("INSERT INTO document VALUES ('globex', 9, NULL)", "row-level security policy"),
+        ("UPDATE document SET tenant_id = 'globex'", "row-level security policy"),
+    ],
+)
+def test_the_application_role_cannot_bypass_the_policy(
+    deployment: Deployment, statement: str, refusal: str
+) -> None:
+    engine = create_app_engine(
+        deployment.database.set(username=APP), EngineSettings(pool_size=1, max_overflow=0)
+    )
+    try:
+        with (
+            tenant_session(session_factory(engine), "acme") as session,
+            pytest.raises(DBAPIError, match=refusal),
+        ):
+            session.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def test_the_owners_migrations_still_run(deployment: Deployment) -> None:
+    project = deployment.project
+    # A new tenant's partition, migrated by the owner while the table holds every tenant's rows.
+    metadata = MetaData()
+    TenantBase.metadata.tables["document"].to_metadata(metadata)
+    metadata.tables["document"].info[partitions.INFO_KEY] = partitions.by_list(
+        "tenant_id", {tenant: [tenant] for tenant in (*TENANTS, "umbrella")}
+    )["info"][partitions.INFO_KEY]
+    generated = project.revise(metadata, message="umbrella")
+    assert "CREATE TABLE document_umbrella PARTITION OF document" in generated
+    project.upgrade()
+    project.settled(metadata)
+    with create_engine(deployment.database, poolclass=NullPool).connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM document_acme")) >= ROWS_PER_TENANT
+        assert connection.scalar(text("SELECT count(*) FROM document_umbrella")) == 0
+    # The owner is held to the policy too (FORCE): without a tenant it reads nothing.
+    assert project.fetch("SELECT count(*) FROM document") == [(0,)]
