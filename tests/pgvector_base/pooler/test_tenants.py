@@ -10,6 +10,7 @@ stored: each tenant's rows are known by key, and every answer is checked against
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Iterator
@@ -43,7 +44,10 @@ from pgvector_base.search import VectorSearch
 from pgvector_base.session import (
     TENANT_SETTING,
     EngineSettings,
+    async_session_factory,
+    async_tenant_session,
     create_app_engine,
+    create_async_app_engine,
     session_factory,
     tenant_session,
 )
@@ -241,6 +245,24 @@ def test_a_reused_connection_carries_no_tenant(
             assert SEARCH.nearest(session, [1.0] * DIM, 10) == []
     finally:
         engine.dispose()
+
+
+def test_an_async_session_for_a_tenant_sees_its_rows_only(deployment: Deployment) -> None:
+    async def run() -> tuple[set[str], int | None]:
+        engine = create_async_app_engine(
+            deployment.database.set(username=APP), EngineSettings(pool_size=1, max_overflow=0)
+        )
+        try:
+            sessions = async_session_factory(engine)
+            async with async_tenant_session(sessions, "globex") as session:
+                tenants = set(await session.scalars(select(Document.tenant_id)))
+            async with sessions() as session:
+                untenanted = await session.scalar(select(func.count()).select_from(Document))
+        finally:
+            await engine.dispose()
+        return tenants, untenanted
+
+    assert asyncio.run(run()) == ({"globex"}, 0)
 
 
 @pytest.mark.parametrize(
