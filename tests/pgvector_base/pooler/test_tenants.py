@@ -28,6 +28,7 @@ from sqlalchemy import (
     Index,
     MetaData,
     String,
+    Table,
     create_engine,
     func,
     select,
@@ -310,3 +311,27 @@ def test_the_owners_migrations_still_run(deployment: Deployment) -> None:
         assert connection.scalar(text("SELECT count(*) FROM document_umbrella")) == 0
     # The owner is held to the policy too (FORCE): without a tenant it reads nothing.
     assert project.fetch("SELECT count(*) FROM document") == [(0,)]
+
+    # The owner loads the new tenant's rows into its partition, which has no policy of its own
+    # (COPY is refused where one applies), by the loader, with the partition's index in place.
+    vectors = np.random.default_rng(8).random((50, DIM)).astype(np.float32)
+    with project.engine.begin() as connection:
+        umbrella = Table("document_umbrella", MetaData(), autoload_with=connection)
+        result = load(
+            connection,
+            umbrella,
+            {"tenant_id": ["umbrella"] * 50, "id": np.arange(50), "embedding": vectors},
+        )
+    assert result.rows == 50
+    assert result.rebuilt_indexes == ()
+    engine = create_app_engine(
+        deployment.database.set(username=APP), EngineSettings(pool_size=1, max_overflow=0)
+    )
+    try:
+        with tenant_session(session_factory(engine), "umbrella") as session:
+            found = SEARCH.nearest(session, vectors[7].tolist(), 3)
+            assert found[0].item.id == 7
+            assert {hit.item.tenant_id for hit in found} == {"umbrella"}
+            assert session.scalar(select(func.count()).select_from(Document)) == 50
+    finally:
+        engine.dispose()
