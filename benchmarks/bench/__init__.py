@@ -28,6 +28,9 @@ per part:
 * replica (:mod:`.replica`, :mod:`.cluster`): searches marked as replica reads on a primary alone
   and routed to its streaming replica, on 20,000 rows;
 * startup (:mod:`.startup`): ``alembic current`` in the template against stock Alembic's;
+* tenants (:mod:`.tenants`): searches for tenants of 0.1%, 1%, 10% and 50% of the rows, served
+  by the shared index (plain, with strict and relaxed iterative scans), by the tenant's own
+  partition and by an exact scan: p50 and recall@k against the exact answer among its rows;
 * scaling (:mod:`.scaling`): loading, building and a query at five table sizes, from a tenth of
   ``--rows`` to twice it.
 

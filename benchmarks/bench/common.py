@@ -204,6 +204,17 @@ class Scale:
 
 
 @dataclass(frozen=True)
+class TenantSearch:
+    """One tenant size served one way: its p50 in milliseconds and its recall@k."""
+
+    share: float
+    rows: int
+    strategy: str
+    p50_ms: Spread
+    recall: float
+
+
+@dataclass(frozen=True)
 class Startup:
     """One command's wall time, and its time over stock Alembic's, turn by turn."""
 
@@ -251,6 +262,7 @@ class Results:
     replica: list[Routing] = field(default_factory=list)
     prepared: list[Prepared] = field(default_factory=list)
     scaling: list[Scale] = field(default_factory=list)
+    tenants: list[TenantSearch] = field(default_factory=list)
     startup: list[Startup] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
 

@@ -65,6 +65,7 @@ EXPECTED = {
         "| alembic current: stock Alembic (alembic init's generic env.py) |",
         "over stock Alembic's |",
     ],
+    "tenants": ["| 0.1% | 20 | exact |", "| 50.0% | 10,000 | partition |"],
     # A tenth of the rows up to twice as many.
     "scaling": ["| 1,500 |", "| 3,750 |", "| 7,500 |", "| 15,000 |", "| 30,000 |"],
 }
