@@ -91,23 +91,29 @@ def test_a_promoted_replica_gets_no_more_marked_reads_and_one_log_line(
 
         return set(await asyncio.gather(*(one() for _ in range(16))))
 
-    with asyncio.Runner() as runner, ThreadPoolExecutor(4) as threads:
-        try:
-            assert set(threads.map(request, range(40))) == {REPLICA}
-            assert runner.run(async_requests()) == {REPLICA}
-            # Idle connections opened while it was a replica: promotion does not end them.
-            for replica in [*replicas, async_replica.sync_engine]:
-                assert isinstance(replica.pool, QueuePool)
-                assert replica.pool.checkedin() > 1
-            promote(cluster)
-            assert set(threads.map(request, range(40))) == {PRIMARY}
-            assert runner.run(async_requests()) == {PRIMARY}
-        finally:
-            runner.run(async_primary.dispose())
-            runner.run(async_replica.dispose())
-            primary.dispose()
-            for replica in replicas:
-                replica.dispose()
+    def served(threads: ThreadPoolExecutor) -> set[tuple[str, bool]]:
+        return set(threads.map(request, range(40)))
+
+    async def main() -> None:
+        with ThreadPoolExecutor(4) as threads:
+            try:
+                assert await asyncio.to_thread(served, threads) == {REPLICA}
+                assert await async_requests() == {REPLICA}
+                # Idle connections opened while it was a replica: promotion does not end them.
+                for replica in [*replicas, async_replica.sync_engine]:
+                    assert isinstance(replica.pool, QueuePool)
+                    assert replica.pool.checkedin() > 1
+                await asyncio.to_thread(promote, cluster)
+                assert await asyncio.to_thread(served, threads) == {PRIMARY}
+                assert await async_requests() == {PRIMARY}
+            finally:
+                await async_primary.dispose()
+                await async_replica.dispose()
+                primary.dispose()
+                for replica in replicas:
+                    replica.dispose()
+
+    asyncio.run(main())
     lines = [r.getMessage() for r in caplog.records if r.name == ROUTING]
     assert sorted(lines) == sorted(
         f"Read replica {display(replica.url)} {OUT}"
