@@ -280,7 +280,7 @@ class ReadReplicas:
     """The replica engines of one primary, taken in turn.
 
     A replica that fails to connect, or whose server is out of recovery (checked at each checkout
-    of its connections, see :data:`NOT_A_REPLICA`), is out: skipped, and tried again after
+    of its connections, without a round trip), is out: skipped, and tried again after
     ``retry_after`` seconds. Each outage gets one log line, however many reads meet it, and one
     more when a read reaches the replica again.
     """
