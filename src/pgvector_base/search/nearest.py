@@ -204,6 +204,10 @@ class VectorSearch(Generic[ModelT]):
         a replica.
         """
         parameters = settings.parameters(self.index)
+        # Flushed first, as a search would be: otherwise the settings could go to a replica that
+        # the next search, reading its pending changes from the primary, never reaches.
+        if session.autoflush:
+            session.flush()
         set_local(session.connection(bind_arguments={"clause": self._select}), parameters)
 
     def _run(
@@ -230,28 +234,33 @@ class VectorSearch(Generic[ModelT]):
         core: bool,
     ) -> Sequence[Any]:
         """The statement's rows, with ``settings`` for it alone; ``core`` runs it on the
-        session's connection, bypassing the ORM.
+        session's connection, bypassing the ORM. Pending changes are flushed first when the
+        session autoflushes, as ``session.execute`` would.
 
         The settings and the statement go to the connection that the session's routing picks for
         the statement (a replica's, for a :class:`~pgvector_base.session.RoutingSession`), so
         that the settings reach the server that runs it.
         """
         index_settings = settings.parameters(self.index) if settings else {}
-        route = {"clause": statement}
-
-        def execute() -> Sequence[Any]:
-            if core:
-                return session.connection(bind_arguments=route).execute(statement, parameters).all()
+        # Before the connection is picked, as session.execute does: a routing session with
+        # pending changes then counts as having written, and reads from the primary.
+        if session.autoflush:
+            session.flush()
+        if not (index_settings or core):
             return session.execute(statement, parameters).all()
-
+        connection = session.connection(bind_arguments={"clause": statement})
         if not index_settings:
-            return execute()
-        # begin_nested() flushes pending changes first (after which a routing session reads from
-        # the primary), so rolling the savepoint back undoes nothing but the settings.
-        savepoint = session.begin_nested()
+            return connection.execute(statement, parameters).all()
+        # The connection's savepoint, not session.begin_nested(), which would flush even a
+        # session that does not autoflush; nothing is left to flush inside it, so rolling it
+        # back undoes nothing but the settings.
+        savepoint = connection.begin_nested()
         try:
-            set_local(session.connection(bind_arguments=route), index_settings)
-            return execute()
+            set_local(connection, index_settings)
+            if core:
+                return connection.execute(statement, parameters).all()
+            with session.no_autoflush:
+                return session.execute(statement, parameters).all()
         finally:
             savepoint.rollback()
 
