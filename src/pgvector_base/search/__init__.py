@@ -28,6 +28,7 @@ from pgvector_base.search.query import (
     QueryVector,
     QueryVectorType,
 )
+from pgvector_base.search.recall import RecallReport, measure_recall
 from pgvector_base.search.settings import SETTING_RANGES, IterativeScan, SearchSettings
 
 __all__ = [
@@ -45,8 +46,10 @@ __all__ = [
     "NoIndexError",
     "QueryVector",
     "QueryVectorType",
+    "RecallReport",
     "SearchSettings",
     "VectorIndex",
     "VectorSearch",
+    "measure_recall",
     "vector_indexes",
 ]
