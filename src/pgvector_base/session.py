@@ -343,10 +343,11 @@ class RoutingSession(Session):
     A session keeps to the replica it read from first, so that its reads see one replay
     position, and settings made on that replica's connection
     (``session.connection(bind_arguments={"clause": marked_statement})``) reach its later marked
-    reads. Once the session has written, or after :func:`read_from_primary`, marked reads go to
-    the primary too, so that they see the session's own writes. A replica that cannot be reached at
-    checkout is skipped, and the read goes to the next one or to the primary: never an error
-    while the primary is up. This is SQLAlchemy's documented ``get_bind`` pattern.
+    reads. Once the session has written or holds pending changes (flushed or not), or after
+    :func:`read_from_primary`, marked reads go to the primary too, so that they see the
+    session's own writes. A replica that cannot be reached at checkout is skipped, and the read
+    goes to the next one or to the primary: never an error while the primary is up. This is
+    SQLAlchemy's documented ``get_bind`` pattern.
     """
 
     def __init__(self, *args: Any, replicas: ReadReplicas | None = None, **kwargs: Any) -> None:
@@ -364,7 +365,15 @@ class RoutingSession(Session):
     ) -> Engine | Connection:
         """The primary bind, or for a marked read a reachable replica."""
         primary = super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
-        if self._flushing or isinstance(clause, UpdateBase):
+        # Pending changes count as written, flushed or not: with autoflush off, a marked read
+        # must not see a replica's older rows while the session is about to write over them.
+        if (
+            self._flushing
+            or isinstance(clause, UpdateBase)
+            or self._new
+            or self._deleted
+            or self.identity_map.check_modified()
+        ):
             self.info[_PRIMARY_ONLY] = True
             return primary
         if bind is not None or self.info.get(_PRIMARY_ONLY) or not _marked(clause):

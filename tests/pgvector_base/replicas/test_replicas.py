@@ -84,6 +84,22 @@ class Doc(Base):
     )
 
 
+class Draft(Base):
+    """Rows added and rolled back by the tests, kept apart so as to leave Doc's graph alone."""
+
+    __tablename__ = "replica_draft"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    embedding: Mapped[list[float]] = mapped_column(VECTOR(DIMENSIONS))
+    __table_args__ = (
+        Index(
+            "ix_replica_draft_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_l2_ops"},
+        ),
+    )
+
+
 def vector(generator: random.Random) -> list[float]:
     return [generator.uniform(-1, 1) for _ in range(DIMENSIONS)]
 
@@ -319,6 +335,40 @@ def test_vector_searches_run_on_the_replica_with_their_settings_on_the_same_conn
             assert on_the_replica_by_its_index(served, "3")
         with sessions() as session:
             assert session.execute(current).one() == ("40", False)  # the primary: untouched
+    finally:
+        primary.dispose()
+        replica.dispose()
+
+
+@pytest.mark.parametrize("settings", [None, SearchSettings(ef_search=100)])
+def test_a_session_with_pending_changes_searches_the_primary(
+    cluster: harness.Cluster, settings: SearchSettings | None
+) -> None:
+    """A row added and not yet flushed is found by every search, as only the primary's
+    transaction has it; with autoflush off it stays unflushed, and the searches still run on the
+    primary, where the session is about to write."""
+    primary = create_app_engine(cluster.primary)
+    (replica,) = create_replica_engines([cluster.replica])
+    sessions = session_factory(primary, [replica])
+    drafts = VectorSearch(Draft, Draft.embedding)
+    try:
+        with sessions() as session:
+            session.add(Draft(id=1, embedding=QUERIES[3]))
+            assert drafts.nearest_keys(session, QUERIES[3], K, settings=settings)[0][0] == 1
+            session.rollback()
+            session.add(Draft(id=1, embedding=QUERIES[3]))
+            assert drafts.nearest(session, QUERIES[3], K, settings=settings)[0].item.id == 1
+            session.rollback()
+        with sessions() as session, searches_served(primary, replica) as served:
+            session.autoflush = False
+            pending = Draft(id=1, embedding=QUERIES[3])
+            session.add(pending)
+            keys = drafts.nearest_keys(session, QUERIES[3], K, settings=settings)
+            hits = drafts.nearest(session, QUERIES[3], K, settings=settings)
+            assert 1 not in [key for key, _ in keys] + [hit.item.id for hit in hits]
+            assert pending in session.new
+            assert len(served) == 2
+            assert not any(in_recovery for in_recovery, _, _ in served)
     finally:
         primary.dispose()
         replica.dispose()
