@@ -204,7 +204,7 @@ class Scale:
 
 
 @dataclass(frozen=True)
-class TenantSearch:
+class TenantFigures:
     """One tenant size served one way: its p50 in milliseconds and its recall@k."""
 
     share: float
@@ -262,7 +262,7 @@ class Results:
     replica: list[Routing] = field(default_factory=list)
     prepared: list[Prepared] = field(default_factory=list)
     scaling: list[Scale] = field(default_factory=list)
-    tenants: list[TenantSearch] = field(default_factory=list)
+    tenants: list[TenantFigures] = field(default_factory=list)
     startup: list[Startup] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
 

@@ -6,6 +6,8 @@ the hard case for a filter after an index scan. Each tenant's queries run throug
 :class:`~pgvector_base.search.VectorSearch` with ``WHERE tenant_id = :tenant`` (what the tenant
 policy adds, :mod:`pgvector_base.migration.tenancy`), served
 
+* ``template``: as :class:`~pgvector_base.search.TenantSearch` chooses for the tenant (exact
+  for a small share, else an iterative scan);
 * ``global``: by the one HNSW index of the table, at pgvector's defaults;
 * ``strict`` / ``relaxed``: by the same index with iterative scans (``strict_order``,
   ``relaxed_order``) at pgvector's defaults (``ef_search`` 40, ``max_scan_tuples`` 20,000);
@@ -22,22 +24,23 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from benchmarks.bench.common import Spread, TenantSearch, embeddings, in_turn
+from benchmarks.bench.common import Spread, TenantFigures, embeddings, in_turn
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import BigInteger, Engine, Index, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pgvector_base.loading import BuildSettings, copy_rows
-from pgvector_base.search import SearchSettings, VectorSearch
+from pgvector_base.search import IterativeScan, SearchSettings, TenantSearch, VectorSearch
 from pgvector_base.session import set_local
 
 SHARES = {"t0_1": 0.001, "t1": 0.01, "t10": 0.1, "t50": 0.5}
 REST = "rest"
-STRATEGIES = ("global", "strict", "relaxed", "partition", "exact")
+STRATEGIES = ("template", "global", "strict", "relaxed", "partition", "exact")
 
 
 def models(dim: int) -> tuple[type[Any], type[Any]]:
@@ -101,7 +104,7 @@ def measure_tenants(
     k: int,
     repeats: int,
     seed: int,
-) -> list[TenantSearch]:
+) -> list[TenantFigures]:
     """Create and load both tables, then time each tenant's queries served each way."""
     rng = np.random.default_rng(seed)
     vectors = embeddings(rng, rows + queries, dim)
@@ -128,18 +131,15 @@ def measure_tenants(
             copy_rows(connection, model.__table__, columns)
             index.create(connection)
         connection.execute(text("ANALYZE"))
-    searches = {
-        "global": (VectorSearch(shared, shared.embedding), SearchSettings()),
-        "strict": (
-            VectorSearch(shared, shared.embedding),
-            SearchSettings(iterative_scan="strict_order"),
-        ),
-        "relaxed": (
-            VectorSearch(shared, shared.embedding),
-            SearchSettings(iterative_scan="relaxed_order"),
-        ),
-        "partition": (VectorSearch(partitioned, partitioned.embedding), SearchSettings()),
-        "exact": (VectorSearch(shared, shared.embedding), None),
+    plain = VectorSearch(shared, shared.embedding)
+    # Each way: the search, and the settings its session starts with.
+    ways: dict[str, tuple[Searcher, dict[str, str]]] = {
+        "template": (template(TenantSearch(plain, shared.tenant_id)), {}),
+        "global": (filtered(plain), {}),
+        "strict": (filtered(plain), iterative(plain, "strict_order")),
+        "relaxed": (filtered(plain), iterative(plain, "relaxed_order")),
+        "partition": (filtered(VectorSearch(partitioned, partitioned.embedding)), {}),
+        "exact": (filtered(plain), {"enable_indexscan": "off"}),
     }
     results = []
     for tenant, share in SHARES.items():
@@ -148,19 +148,46 @@ def measure_tenants(
         p50s: dict[str, list[float]] = {name: [] for name in STRATEGIES}
         recall: dict[str, float] = {}
         for repeat in range(repeats):
-            for name, (search, settings) in in_turn(searches, repeat):
+            for name, (searcher, settings) in in_turn(ways, repeat):
                 latencies, found = run(
-                    app, search, settings, tenant=tenant, queries=asked.tolist(), k=k
+                    app, searcher, settings, tenant=tenant, queries=asked.tolist(), k=k
                 )
                 p50s[name].append(1000 * statistics.median(latencies))
                 recall[name] = float(
                     np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)])
                 )
         results += [
-            TenantSearch(share, len(mine), name, Spread.of(p50s[name]), recall[name])
+            TenantFigures(share, len(mine), name, Spread.of(p50s[name]), recall[name])
             for name in STRATEGIES
         ]
     return results
+
+
+Searcher = Callable[[Session, str, list[float], int], list[int]]
+
+
+def filtered(search: VectorSearch[Any]) -> Searcher:
+    """The ids ``search`` finds with the tenant as a ``WHERE`` condition."""
+
+    def searcher(session: Session, tenant: str, query: list[float], k: int) -> list[int]:
+        where = [search.model.tenant_id == tenant]
+        return [hit.item.id for hit in search.nearest(session, query, k, where=where)]
+
+    return searcher
+
+
+def template(search: TenantSearch[Any]) -> Searcher:
+    """The ids the template's :class:`~pgvector_base.search.TenantSearch` finds."""
+
+    def searcher(session: Session, tenant: str, query: list[float], k: int) -> list[int]:
+        return [hit.item.id for hit in search.nearest(session, tenant, query, k)]
+
+    return searcher
+
+
+def iterative(search: VectorSearch[Any], order: IterativeScan) -> dict[str, str]:
+    """The settings of an iterative scan at pgvector's defaults otherwise."""
+    return SearchSettings(iterative_scan=order).parameters(search.index)
 
 
 def assign(rng: np.random.Generator, rows: int) -> npt.NDArray[np.str_]:
@@ -180,27 +207,23 @@ def exact(
 
 def run(
     app: Engine,
-    search: VectorSearch[Any],
-    settings: SearchSettings | None,
+    searcher: Searcher,
+    settings: dict[str, str],
     *,
     tenant: str,
     queries: list[list[float]],
     k: int,
 ) -> tuple[list[float], list[list[int]]]:
-    """Each query's latency through ``nearest`` for ``tenant`` after an untimed run, and the ids."""
+    """Each query's latency for ``tenant`` after an untimed run of it, and the ids found."""
     latencies: list[float] = []
     found: list[list[int]] = []
-    where = [search.model.tenant_id == tenant]
     with Session(app) as session:
-        if settings is None:
-            set_local(session, {"enable_indexscan": "off"})
-        else:
-            set_local(session, settings.parameters(search.index))
+        set_local(session, settings)
         for vector in queries:
-            search.nearest(session, vector, k, where=where)
+            searcher(session, tenant, vector, k)
             started = time.perf_counter()
-            neighbors = search.nearest(session, vector, k, where=where)
+            ids = searcher(session, tenant, vector, k)
             latencies.append(time.perf_counter() - started)
-            found.append([neighbor.item.id for neighbor in neighbors])
+            found.append(ids)
             session.expunge_all()
     return latencies, found

@@ -6,7 +6,8 @@ One concern per module, each reusable by another kind of search:
 - :mod:`~pgvector_base.search.query`: query vectors checked and encoded as the column's type;
 - :mod:`~pgvector_base.search.settings`: index settings, checked against pgvector's ranges;
 - :mod:`~pgvector_base.search.nearest`: :class:`VectorSearch`, the k nearest rows;
-- :mod:`~pgvector_base.search.recall`: approximate against exact recall@k on stored rows.
+- :mod:`~pgvector_base.search.recall`: approximate against exact recall@k on stored rows;
+- :mod:`~pgvector_base.search.tenants`: :class:`TenantSearch`, the k nearest of one tenant's rows.
 
 Everything public is importable from here, as ``from pgvector_base.search import VectorSearch``.
 """
@@ -30,6 +31,7 @@ from pgvector_base.search.query import (
 )
 from pgvector_base.search.recall import RecallReport, measure_recall
 from pgvector_base.search.settings import SETTING_RANGES, IterativeScan, SearchSettings
+from pgvector_base.search.tenants import Plan, TenantSearch
 
 __all__ = [
     "DIALECT",
@@ -44,10 +46,12 @@ __all__ = [
     "ModelT",
     "Neighbor",
     "NoIndexError",
+    "Plan",
     "QueryVector",
     "QueryVectorType",
     "RecallReport",
     "SearchSettings",
+    "TenantSearch",
     "VectorIndex",
     "VectorSearch",
     "measure_recall",
