@@ -52,6 +52,8 @@ from alembic.util import CommandError, DispatchPriority, PriorityDispatchResult
 from sqlalchemy import Table, text
 from sqlalchemy.engine import Connection
 
+from pgvector_base.migration.rendering import CONCURRENTLY, CreateIndexConcurrentlyOp
+
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "pgvector_base.partitions"
@@ -59,8 +61,6 @@ PLUGIN_NAME = "pgvector_base.partitions"
 
 INFO_KEY = "pgvector_base.partitions"
 """The key of ``Table.info`` that holds a table's :class:`Partitions`."""
-
-CONCURRENTLY = "postgresql_concurrently"
 
 # The relation kind and partition flag of a table (`:table`, a qualified name); no row if missing.
 RELATION_QUERY = text(
@@ -288,7 +288,7 @@ def concurrent_indexes(table: Table, operations: Iterable[ops.MigrateOperation])
                 isinstance(change, ops.CreateIndexOp)
                 and change.table_name == table.name
                 and change.schema == table.schema
-                and (change.kw.get(CONCURRENTLY) or type(change) is not ops.CreateIndexOp)
+                and (change.kw.get(CONCURRENTLY) or isinstance(change, CreateIndexConcurrentlyOp))
             ):
                 names.append(str(change.index_name))
     return names
