@@ -102,7 +102,9 @@ def data(vector_engine: Engine) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[
             index.drop(connection)
             copy_rows(connection, table, columns)
             index.create(connection)
-        connection.execute(text("ANALYZE"))
+    with vector_engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text("VACUUM ANALYZE"))
     yield vectors[:ROWS], vectors[ROWS:], tenants
     with vector_engine.begin() as connection:
         TenantSearchBase.metadata.drop_all(connection)

@@ -13,8 +13,10 @@ tenant best depends on its share of the rows its index covers, measured there:
   its index covers: an exact scan of its rows, found by the tenant column's btree index (the
   primary key ``(tenant_id, id)`` is one). It is exact, and faster than an iterative scan that
   visits ~``ef_search / share`` rows of other tenants;
-* any other: the index with a ``relaxed_order`` iterative scan, which keeps scanning until enough
-  of the tenant's rows pass, allowed at least ``4 * ef_search / share`` tuples.
+* any other: the index with ``ef_search`` raised to ``40 / share`` (so that about 40 of the
+  candidates are the tenant's, as the default gives a table of its own) and a ``relaxed_order``
+  iterative scan, which keeps scanning until enough of them pass, allowed at least
+  ``4 * ef_search / share`` tuples.
 
 Choosing costs one query before the search: the tenant's rows counted up to
 :data:`COUNT_LIMIT` through that btree index, and the planner's row estimate of the table or
@@ -43,7 +45,9 @@ EXACT_SHARE = 0.02
 COUNT_LIMIT = 10_000
 """The tenant's rows are counted up to this many, which bounds what choosing costs."""
 DEFAULT_EF_SEARCH = 40
-"""pgvector's ``hnsw.ef_search``, the candidates an iterative scan gathers before it returns."""
+"""pgvector's default ``hnsw.ef_search``: the candidates a search of an unfiltered table gathers."""
+MAX_EF_SEARCH = 1000
+"""The largest ``hnsw.ef_search`` pgvector takes."""
 DEFAULT_MAX_SCAN_TUPLES = 20_000
 """pgvector's ``hnsw.max_scan_tuples``, the floor of what an iterative scan may visit."""
 
@@ -78,12 +82,15 @@ class TenantSearch(Generic[ModelT]):
         self.tenant_column = tenant_column
         column = tenant_column.property.columns[0]
         preparer = DIALECT.identifier_preparer
-        # The tenant's rows up to the limit, with the table (or partition) they live in.
+        table = preparer.format_table(column.table)
+        condition = f"{preparer.quote(column.name)} = :tenant"
+        # The tenant's rows up to the limit, by an index-only scan where the visibility map
+        # allows (autovacuum keeps it), and the rows of the table or partition they live in,
+        # which takes one row's tableoid.
         self._count = text(
-            f"WITH mine AS (SELECT tableoid FROM {preparer.format_table(column.table)} "
-            f"WHERE {preparer.quote(column.name)} = :tenant LIMIT :limit) "
-            "SELECT (SELECT count(*) FROM mine), "
-            "(SELECT reltuples FROM pg_class WHERE oid = (SELECT tableoid FROM mine LIMIT 1))"
+            f"SELECT (SELECT count(*) FROM (SELECT FROM {table} WHERE {condition} "
+            "LIMIT :limit) AS mine), (SELECT reltuples FROM pg_class WHERE oid = "
+            f"(SELECT tableoid FROM {table} WHERE {condition} LIMIT 1))"
         ).execution_options(**READ_REPLICA)
         # The distance again, plus zero: a vector index serves ORDER BY column <op> :query only,
         # so this ordering leaves the planner the tenant's rows and a sort, an exact answer.
@@ -102,9 +109,13 @@ class TenantSearch(Generic[ModelT]):
         if rows < COUNT_LIMIT and (rows <= EXACT_ROWS or rows < EXACT_SHARE * covered):
             return Plan("exact", rows, covered)
         share = rows / covered
+        # As many candidates of the tenant's own as the default gives a table of its own: the
+        # index gathers ef_search / share, of which about ef_search are the tenant's.
+        ef_search = min(MAX_EF_SEARCH, math.ceil(DEFAULT_EF_SEARCH / share))
         settings = SearchSettings(
+            ef_search=ef_search,
             iterative_scan="relaxed_order",
-            max_scan_tuples=max(DEFAULT_MAX_SCAN_TUPLES, math.ceil(4 * DEFAULT_EF_SEARCH / share)),
+            max_scan_tuples=max(DEFAULT_MAX_SCAN_TUPLES, math.ceil(4 * ef_search / share)),
         )
         return Plan("iterative", rows, covered, settings)
 
