@@ -4,6 +4,7 @@ expand migration installs (created here by the same helper, run through Alembic'
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from tests.conftest import CreateDatabase
 from .embedder import OLD_DIM, Base, Doc, vector, vectors
 
 TABLE = Doc.__table__
+REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 
 
 def body(key: int, version: int = 0) -> str:
@@ -49,17 +51,26 @@ def install_trigger(engine: Engine) -> None:
             reembed.track_source_changes("backfill_doc", ["body"], "embedding_v2")
 
 
-@pytest.fixture
-def doc_url(create_database: CreateDatabase) -> Iterator[URL]:
-    """A database of the test's own with the table, the trigger and no rows."""
+@pytest.fixture(scope="module")
+def module_url(create_database: CreateDatabase) -> URL:
+    """A database for the tests of one module, with the ``vector`` extension."""
     url = create_database()
     engine = create_engine(url, poolclass=NullPool)
     with engine.begin() as connection:
         connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def doc_url(module_url: URL) -> URL:
+    """The module's database with the table made anew, its trigger, and no rows."""
+    engine = create_engine(module_url, poolclass=NullPool)
+    Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
     install_trigger(engine)
-    yield url
     engine.dispose()
+    return module_url
 
 
 @pytest.fixture

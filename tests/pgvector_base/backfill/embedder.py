@@ -70,7 +70,7 @@ class Doc(Base):
     __tablename__ = "backfill_doc"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    body: Mapped[str] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)
     embedding: Mapped[Any] = mapped_column(VECTOR(OLD_DIM), nullable=True)
     embedding_v2: Mapped[Any] = mapped_column(VECTOR(NEW_DIM), nullable=True)
 
