@@ -50,6 +50,7 @@ from sqlalchemy import (
     Table,
     Text,
     Update,
+    bindparam,
     func,
     or_,
     select,
@@ -222,8 +223,17 @@ class _Plan:
         batch_key: Any = (
             sql_cast(self.batch.c.key, self.key.type) if self.text_key else (self.batch.c.key)
         )
+        # The batch's key range lets the planner find its rows by the primary key, where the
+        # temporary table's missing statistics would have it hash the whole table.
         self.update: Update = (
-            update(table).values({self.target: self.batch.c.vector}).where(self.key == batch_key)
+            update(table)
+            .values({self.target: self.batch.c.vector})
+            .where(
+                self.key == batch_key,
+                self.key.between(
+                    bindparam("first", type_=self.key.type), bindparam("last", type_=self.key.type)
+                ),
+            )
         )
         self.needs_work = [self.target.is_(None), or_(*(s.is_not(None) for s in self.sources))]
 
@@ -321,7 +331,7 @@ class _Plan:
         keys = [str(row[0]) if self.text_key else row[0] for row in rows]
         self.batch.create(connection)
         copy_rows(connection, self.batch, {"key": keys, "vector": vectors}, batch_size=len(keys))
-        connection.execute(self.update)
+        connection.execute(self.update, {"first": rows[0][0], "last": rows[-1][0]})
 
     def check_database(self, connection: Connection) -> None:
         """Refuse a table without the target column; warn when the expand migration's trigger
