@@ -419,16 +419,14 @@ def backfill(
         if not total:
             break
         run.result.passes = number
+        done = 0
         with run.bar(number, total) as bar:
             after = None
-            while True:
-                time.sleep(run.delay())
-                rows = _sync_batch(engine, run, after, bound)
-                if not rows:
-                    break
+            while rows := _sync_batch(engine, run, after, bound):
                 after = rows[-1][0]
+                done += len(rows)
                 bar.update(len(rows))
-        if bar.n == 0:
+        if not done:
             break
     with engine.begin() as connection:
         bound = connection.scalar(run.plan.bound())
@@ -440,6 +438,7 @@ def _sync_batch(engine: Engine, run: _Run, after: Any, bound: Any) -> list[Any]:
     """One batch, retried after a transient failure; the rows it filled (none at the end)."""
     plan = run.plan
     for attempt in itertools.count():
+        time.sleep(run.delay())
         try:
             with engine.begin() as connection:
                 rows = list(connection.execute(plan.claim(after, bound, run.batch_size)))
@@ -483,16 +482,14 @@ async def abackfill(
         if not total:
             break
         run.result.passes = number
+        done = 0
         with run.bar(number, total) as bar:
             after = None
-            while True:
-                await asyncio.sleep(run.delay())
-                rows = await _async_batch(engine, run, after, bound)
-                if not rows:
-                    break
+            while rows := await _async_batch(engine, run, after, bound):
                 after = rows[-1][0]
+                done += len(rows)
                 bar.update(len(rows))
-        if bar.n == 0:
+        if not done:
             break
     async with engine.begin() as connection:
         bound = await connection.scalar(run.plan.bound())
@@ -504,6 +501,7 @@ async def _async_batch(engine: AsyncEngine, run: _Run, after: Any, bound: Any) -
     """:func:`_sync_batch` on an async engine."""
     plan = run.plan
     for attempt in itertools.count():
+        await asyncio.sleep(run.delay())
         try:
             async with engine.begin() as connection:
                 result = await connection.execute(plan.claim(after, bound, run.batch_size))

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
@@ -46,9 +45,11 @@ def fill(engine: Engine, first: int, count: int) -> None:
 
 def install_trigger(engine: Engine) -> None:
     """What the expand migration runs: :func:`reembed.track_source_changes`."""
-    with engine.begin() as connection:
-        with Operations.context(MigrationContext.configure(connection)):
-            reembed.track_source_changes("backfill_doc", ["body"], "embedding_v2")
+    with (
+        engine.begin() as connection,
+        Operations.context(MigrationContext.configure(connection)),
+    ):
+        reembed.track_source_changes("backfill_doc", ["body"], "embedding_v2")
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def vector(source: str, dim: int = NEW_DIM) -> npt.NDArray[np.float32]:
 
 def vectors(sources: Sequence[str], dim: int = NEW_DIM) -> npt.NDArray[np.float32]:
     """:func:`vector` of each source, one row each."""
-    return np.stack([vector(source, dim) for source in sources]) if sources else np.empty((0, dim))
+    return np.stack([vector(source, dim) for source in sources])
 
 
 def embed(sources: list[Any]) -> npt.NDArray[np.float32]:
