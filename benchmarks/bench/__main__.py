@@ -13,12 +13,15 @@ from pathlib import Path
 
 import benchmarks.bench
 from benchmarks.bench.async_throughput import measure_async_throughput
+from benchmarks.bench.backfill import measure_backfill
 from benchmarks.bench.build import measure_builds
 from benchmarks.bench.common import (
     INDEX,
     REPOSITORY_ROOT,
     RESULTS,
     BenchBase,
+    Data,
+    Item,
     Results,
     build,
     drop_database,
@@ -35,7 +38,7 @@ from benchmarks.bench.report import draw_charts, goals, markdown, serialized
 from benchmarks.bench.scaling import measure_scaling
 from benchmarks.bench.startup import measure_startup
 from benchmarks.bench.throughput import measure_throughput
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -45,9 +48,19 @@ from pgvector_base.search import VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine
 
 # In the order they run: scaling last, as it leaves other sizes in the table.
-PARTS = ("load", "build", "query", "async", "prepared", "replica", "startup", "scaling")
+PARTS = (
+    "load",
+    "build",
+    "query",
+    "async",
+    "prepared",
+    "replica",
+    "backfill",
+    "startup",
+    "scaling",
+)
 # The parts that search the whole table, with its index.
-SEARCHES = {"build", "query", "async", "prepared"}
+SEARCHES = {"build", "query", "async", "prepared", "backfill"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,8 +184,7 @@ def run(url: URL, args: argparse.Namespace) -> Results:
                 repeats=args.repeats,
                 tasks=tasks,
             )
-        if "startup" in parts:
-            results.startup = measure_startup(url, args.repeats)
+        application_parts(results, parts, url, engine, app, model=model, data=data, args=args)
         if "scaling" in parts:
             results.scaling = measure_scaling(
                 engine,
@@ -194,6 +206,26 @@ def run(url: URL, args: argparse.Namespace) -> Results:
         results.source += f"; at the end: {finished}"
     results.goals = goals(results)
     return results
+
+
+def application_parts(
+    results: Results,
+    parts: list[str],
+    url: URL,
+    engine: Engine,
+    app: Engine,
+    *,
+    model: type[Item],
+    data: Data,
+    args: argparse.Namespace,
+) -> None:
+    """The backfill and start-up parts, as ``--only`` asks."""
+    if "backfill" in parts:
+        results.backfill = measure_backfill(
+            engine, app, model=model, data=data, repeats=args.repeats, duration=args.duration
+        )
+    if "startup" in parts:
+        results.startup = measure_startup(url, args.repeats)
 
 
 def source() -> str:
