@@ -126,23 +126,19 @@ class _Run:
     rows_per_second: float | None
     transient: tuple[type[BaseException], ...]
     retries: int
-    backoff: float = DEFAULT_BACKOFF
-    progress: bool = False
+    backoff: float
+    progress: bool
     result: BackfillResult = field(default_factory=BackfillResult)
-    started: float = 0.0
+    started: float = field(default_factory=time.monotonic)
     next_start: float = 0.0
 
-    def start(self, backoff: float, progress: bool) -> None:
-        """Refuse settings that cannot work, before anything runs; start the clock."""
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot work, before anything runs."""
         if self.batch_size < 1:
             raise BackfillError(f"the batch size must be at least 1, not {self.batch_size}")
         rate = self.rows_per_second
         if rate is not None and not (rate > 0 and math.isfinite(rate)):
             raise BackfillError(f"the rate limit must be a positive number, not {rate}")
-        self.transient = tuple(self.transient)
-        self.backoff = backoff
-        self.progress = progress
-        self.started = time.monotonic()
 
     def finish(self) -> BackfillResult:
         """The result, with the run's duration."""
@@ -210,19 +206,18 @@ class _Plan:
         self.key = keys[0]
         # An integer key keeps the temporary table's rows of fixed width, which the loader encodes
         # in one numpy pass; other keys travel as text and are cast back by the UPDATE.
-        key_type = self.key.type if isinstance(self.key.type, Integer) else Text()
+        self.text_key = not isinstance(self.key.type, Integer)
         self.batch = Table(
             BATCH_TABLE,
             MetaData(),
-            Column("key", key_type),
+            Column("key", Text() if self.text_key else self.key.type),
             Column("vector", type_),
             prefixes=["TEMPORARY"],
             postgresql_on_commit="DROP",
         )
-        self.text_key = not isinstance(self.key.type, Integer)
-        batch_key: Any = (
-            sql_cast(self.batch.c.key, self.key.type) if self.text_key else (self.batch.c.key)
-        )
+        batch_key: Any = self.batch.c.key
+        if self.text_key:
+            batch_key = sql_cast(batch_key, self.key.type)
         # The batch's key range lets the planner find its rows by the primary key, where the
         # temporary table's missing statistics would have it hash the whole table.
         self.update: Update = (
@@ -408,8 +403,10 @@ def backfill(
     """
     if inspect.iscoroutinefunction(embed):
         raise BackfillError("the embed function is async; use abackfill with an async engine")
-    run = _Run(_Plan(target, sources), embed, batch_size, rows_per_second, transient, retries)
-    run.start(backoff, progress)
+    plan = _Plan(target, sources)
+    run = _Run(
+        plan, embed, batch_size, rows_per_second, tuple(transient), retries, backoff, progress
+    )
     with engine.connect() as connection:
         run.plan.check_database(connection)
     for number in itertools.count(1):
@@ -471,8 +468,10 @@ async def abackfill(
     """:func:`backfill` on an async engine (``create_async_app_engine``): the same statements,
     checks and batches; ``embed`` may be sync or async, and is awaited while the batch's
     transaction holds its rows."""
-    run = _Run(_Plan(target, sources), embed, batch_size, rows_per_second, transient, retries)
-    run.start(backoff, progress)
+    plan = _Plan(target, sources)
+    run = _Run(
+        plan, embed, batch_size, rows_per_second, tuple(transient), retries, backoff, progress
+    )
     async with engine.connect() as connection:
         await connection.run_sync(run.plan.check_database)
     for number in itertools.count(1):

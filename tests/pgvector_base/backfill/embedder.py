@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pgvector.sqlalchemy import VECTOR
+from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import BigInteger, Index, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -82,3 +82,14 @@ class Doc(Base):
             postgresql_ops={"embedding": "vector_l2_ops"},
         ),
     )
+
+
+class Note(Base):
+    """A table keyed by text, whose new embedding is half precision."""
+
+    __tablename__ = "backfill_note"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    embedding_v2: Mapped[Any] = mapped_column(HALFVEC(NEW_DIM), nullable=True)

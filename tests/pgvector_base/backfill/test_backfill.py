@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.engine import URL
 
 from pgvector_base.backfill import BackfillError, backfill, main
 from pgvector_base.database import DATABASE_URL_ENV
 
 from .conftest import REPOSITORY_ROOT, fill, stored, wrong_rows
-from .embedder import NEW_DIM, Doc, embed, vectors
+from .embedder import NEW_DIM, Doc, Note, embed, vectors
 
 
 def null_count(engine: Engine) -> int:
@@ -60,6 +60,29 @@ def test_a_changed_source_is_embedded_again_unless_its_writer_embedded_it(
     assert null_count(doc_engine) == 10
     assert backfill(doc_engine, Doc.embedding_v2, ["body"], embed).rows == 10
     assert wrong_rows(doc_engine) == []
+
+
+def test_text_keys_several_sources_and_halfvec(doc_engine: Engine) -> None:
+    keys = [f"note-{n:03}" for n in range(250)]
+    with doc_engine.begin() as connection:
+        connection.execute(
+            insert(Note), [{"key": key, "title": key.upper(), "body": key} for key in keys]
+        )
+    calls: list[list[Any]] = []
+
+    def embed_pairs(pairs: list[Any]) -> npt.NDArray[np.float32]:
+        calls.append(pairs)
+        return vectors([f"{title}|{body}" for title, body in pairs])
+
+    result = backfill(doc_engine, Note.embedding_v2, ["title", "body"], embed_pairs, batch_size=100)
+    assert result.rows == 250
+    assert calls[0][:2] == [("NOTE-000", "note-000"), ("NOTE-001", "note-001")]
+    with doc_engine.connect() as connection:
+        stored_notes = connection.execute(select(Note.key, Note.embedding_v2)).all()
+    assert len(stored_notes) == 250
+    for key, found in stored_notes:
+        expected = vectors([f"{key.upper()}|{key}"])[0].astype(np.float16)
+        assert np.array_equal(np.asarray(found, np.float16), expected), key
 
 
 def test_rows_without_a_source_are_left_empty(doc_engine: Engine) -> None:
