@@ -79,7 +79,8 @@ def measure_backfill(
                 connection.execute(
                     text(
                         "UPDATE refill SET target = v.embedding FROM refill_vectors AS v "
-                        "WHERE refill.id = v.id AND refill.id BETWEEN :first AND :last"
+                        "WHERE refill.id = v.id AND refill.id BETWEEN :first AND :last "
+                        "AND v.id BETWEEN :first AND :last"
                     ),
                     {"first": first, "last": first + DEFAULT_BATCH_SIZE - 1},
                 )

@@ -617,7 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     print(
-        f"{PROG}: {result.rows} rows embedded in {result.calls} calls, {result.passes} passes, "
+        f"{PROG}: {result.rows} rows embedded in {result.calls} calls over {result.passes} "
+        f"pass{'' if result.passes == 1 else 'es'}, "
         f"{result.seconds:.1f}s ({result.rows_per_second:.0f} rows/s); "
         f"{result.remaining} rows still need work",
         file=sys.stderr,

@@ -232,7 +232,7 @@ def test_the_command_fills_the_column_and_says_what_it_did(
     done = run_command(doc_url, TARGET, "--source", "body", "--embed", EMBED, "--no-progress")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1].startswith(
-        "pgvector-backfill: 1200 rows embedded in 3 calls, 1 passes"
+        "pgvector-backfill: 1200 rows embedded in 3 calls over 1 pass, "
     )
     assert done.stderr.splitlines()[-1].endswith("; 0 rows still need work")
     assert wrong_rows(doc_engine) == []
