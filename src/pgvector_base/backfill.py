@@ -169,12 +169,12 @@ class _Run:
         """Seconds to wait after the ``attempt``-th transient failure, or the final error."""
         if attempt >= self.retries:
             raise BackfillError(
-                f"{self.plan.name}: the embed function failed {attempt + 1} times in a row "
-                f"({type(error).__name__}: {error}); nothing of that batch was written; "
+                f"{self.plan.name}: a batch failed {attempt + 1} times in a row "
+                f"({type(error).__name__}: {first_line(error)}); nothing of it was written; "
                 "run again to go on from there"
             ) from error
         seconds: float = min(MAX_BACKOFF, self.backoff * 2**attempt)
-        logger.warning("%s: %s; retrying in %.1fs", self.plan.name, error, seconds)
+        logger.warning("%s: %s; retrying in %.1fs", self.plan.name, first_line(error), seconds)
         return seconds
 
 
@@ -366,6 +366,11 @@ class _Plan:
             for part in (self.table.schema, self.table.name)
             if part
         )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (a database error's next lines quote the SQL)."""
+    return next(iter(str(error).splitlines()), "")
 
 
 def _column(attribute: Column_) -> Column[Any]:

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pytest
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 
 from pgvector_base.backfill import BackfillError, backfill, main
 from pgvector_base.database import DATABASE_URL_ENV
@@ -183,12 +184,44 @@ def test_a_failure_past_the_retries_stops_in_one_line(doc_engine: Engine) -> Non
             backoff=0.001,
         )
     assert str(raised.value) == (
-        "backfill_doc.embedding_v2: the embed function failed 3 times in a row (ConnectionError: "
-        "the embedding API is busy); nothing of that batch was written; run again to go on from "
-        "there"
+        "backfill_doc.embedding_v2: a batch failed 3 times in a row (ConnectionError: the "
+        "embedding API is busy); nothing of it was written; run again to go on from there"
     )
     assert len(calls) == 3
     assert null_count(doc_engine) == 30
+
+
+def test_a_lost_connection_named_transient_is_retried(doc_engine: Engine) -> None:
+    fill(doc_engine, 1, 30)
+    killed: list[int] = []
+
+    def embed_and_lose_the_connection(sources: list[Any]) -> npt.NDArray[np.float32]:
+        if not killed:
+            # The runner's backend is the one holding its batch's transaction open.
+            with doc_engine.connect() as connection:
+                killed.extend(
+                    connection.scalars(
+                        text(
+                            "SELECT pg_terminate_backend(pid), pid FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                            "AND state = 'idle in transaction'"
+                        )
+                    )
+                )
+        return vectors(sources)
+
+    result = backfill(
+        doc_engine,
+        Doc.embedding_v2,
+        ["body"],
+        embed_and_lose_the_connection,
+        batch_size=10,
+        transient=(OperationalError,),
+        backoff=0.001,
+    )
+    assert killed == [True]
+    assert (result.rows, result.calls) == (30, 4)
+    assert wrong_rows(doc_engine) == []
 
 
 def test_an_exception_not_named_transient_is_not_retried(doc_engine: Engine) -> None:
