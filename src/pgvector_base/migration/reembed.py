@@ -25,9 +25,14 @@ MAX_IDENTIFIER = 63
 
 
 def trigger_name(target: str) -> str:
-    """The name of the trigger (on the table) and of its function (in the table's schema) that
-    :func:`track_source_changes` creates for the new column ``target``."""
+    """The name of the trigger that :func:`track_source_changes` creates for the new column
+    ``target`` (trigger names belong to their table)."""
     return f"{TRIGGER_PREFIX}{target}"[:MAX_IDENTIFIER]
+
+
+def function_name(table_name: str, target: str) -> str:
+    """The name of that trigger's function, in the table's schema: one per table and column."""
+    return f"{TRIGGER_PREFIX}{table_name}_{target}"[:MAX_IDENTIFIER]
 
 
 def _quote(*parts: str | None) -> str:
@@ -46,8 +51,7 @@ def track_source_changes(
     """
     if isinstance(sources, str) or not sources:
         raise ValueError("sources must be a non-empty list of column names")
-    name = trigger_name(target)
-    function = _quote(schema, name)
+    function = _quote(schema, function_name(table_name, target))
     column = _quote(target)
     changed = " OR ".join(f"NEW.{_quote(s)} IS DISTINCT FROM OLD.{_quote(s)}" for s in sources)
     op.execute(
@@ -63,7 +67,7 @@ def track_source_changes(
     )
     op.execute(
         text(
-            f"CREATE TRIGGER {_quote(name)} BEFORE UPDATE OF "
+            f"CREATE TRIGGER {_quote(trigger_name(target))} BEFORE UPDATE OF "
             f"{', '.join(_quote(s) for s in sources)} ON {_quote(schema, table_name)} "
             f"FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {function}()"
         )
@@ -72,9 +76,11 @@ def track_source_changes(
 
 def untrack_source_changes(table_name: str, target: str, *, schema: str | None = None) -> None:
     """Drop what :func:`track_source_changes` created for ``target``, if it exists."""
-    name = trigger_name(target)
-    op.execute(text(f"DROP TRIGGER IF EXISTS {_quote(name)} ON {_quote(schema, table_name)}"))
-    op.execute(text(f"DROP FUNCTION IF EXISTS {_quote(schema, name)}()"))
+    table = _quote(schema, table_name)
+    op.execute(text(f"DROP TRIGGER IF EXISTS {_quote(trigger_name(target))} ON {table}"))
+    op.execute(
+        text(f"DROP FUNCTION IF EXISTS {_quote(schema, function_name(table_name, target))}()")
+    )
 
 
 def swap_columns(
