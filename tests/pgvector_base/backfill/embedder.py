@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pgvector.sqlalchemy import HALFVEC, VECTOR
-from sqlalchemy import BigInteger, Index, Text
+from sqlalchemy import BigInteger, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 OLD_DIM = 8
@@ -73,15 +73,6 @@ class Doc(Base):
     body: Mapped[str | None] = mapped_column(Text)
     embedding: Mapped[Any] = mapped_column(VECTOR(OLD_DIM), nullable=True)
     embedding_v2: Mapped[Any] = mapped_column(VECTOR(NEW_DIM), nullable=True)
-
-    __table_args__ = (
-        Index(
-            "ix_backfill_doc_embedding",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_ops={"embedding": "vector_l2_ops"},
-        ),
-    )
 
 
 class Note(Base):
