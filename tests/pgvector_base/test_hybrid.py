@@ -6,7 +6,8 @@ PostgreSQL's own ``ts_rank_cd`` of each matching row, read by a plain SQL query 
 own on the ``body`` text (not the generated column or the index), then sorted and cut here. The
 vector leg searches an IVFFlat index with ``probes`` equal to its lists, which scans every list:
 exact, so that the answers must be equal, not close. The plans are PostgreSQL's own for the
-statement as sent, with ``enable_seqscan`` off (the tables are small).
+statement as sent, with ``enable_seqscan`` off (the tables are small). Searches on a streaming
+replica are ``replicas/test_replicas.py``'s.
 """
 
 from __future__ import annotations
@@ -471,26 +472,3 @@ def test_async_equals_sync(url: URL, engine: Engine) -> None:
             await async_engine.dispose()
 
     assert asyncio.run(main()) == want
-
-
-def test_searches_are_routed_to_a_replica_with_their_settings(url: URL, engine: Engine) -> None:
-    """Marked as a replica read, the statement goes to the replica engine, and the raised
-    ef_search with it, on the same connection. (The replica engine is a second engine on the
-    same database: which engine ran each statement is what routing decides.)"""
-    replica = create_app_engine(url)
-    search = HybridSearch(Note, Note.embedding, Distance.COSINE)
-    ran: dict[str, list[str]] = {"primary": [], "replica": []}
-    listeners = {name: lambda *args, name=name: ran[name].append(args[2]) for name in ran}
-    for name, target in (("primary", engine), ("replica", replica)):
-        event.listen(target, "before_cursor_execute", listeners[name])
-    try:
-        with session_factory(engine, [replica])() as session:
-            hits = search.search(session, query_vector(2), "w6", 10, depth=80)
-        assert len(hits) == 10
-        assert any("vector_hits" in sql for sql in ran["replica"])
-        assert any("set_config" in sql for sql in ran["replica"])
-        assert not any("vector_hits" in sql or "set_config" in sql for sql in ran["primary"])
-    finally:
-        for name, target in (("primary", engine), ("replica", replica)):
-            event.remove(target, "before_cursor_execute", listeners[name])
-        replica.dispose()
