@@ -43,6 +43,11 @@ def embed(sources: list[Any]) -> npt.NDArray[np.float32]:
     return vectors(sources)
 
 
+async def embed_async(sources: list[Any]) -> npt.NDArray[np.float32]:
+    """The new model behind an async API: what ``pgvector-backfill`` runs on the async engine."""
+    return embed(sources)
+
+
 def record(path: str, sources: Sequence[str]) -> None:
     """Append ``sources`` to ``path`` in one write, so concurrent writers never interleave."""
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -271,6 +271,20 @@ def test_the_command_fills_the_column_and_says_what_it_did(
     assert wrong_rows(doc_engine) == []
 
 
+def test_the_command_runs_an_async_embed_function_on_the_async_engine(
+    doc_url: URL,
+    doc_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fill(doc_engine, 1, 700)
+    monkeypatch.setenv(DATABASE_URL_ENV, doc_url.render_as_string(hide_password=False))
+    embed_async = "tests.pgvector_base.backfill.embedder:embed_async"
+    assert main([TARGET, "--source", "body", "--embed", embed_async, "--no-progress"]) == 0
+    assert "700 rows embedded in 2 calls over 1 pass" in capsys.readouterr().err
+    assert wrong_rows(doc_engine) == []
+
+
 @pytest.mark.parametrize(
     ("arguments", "error"),
     [
