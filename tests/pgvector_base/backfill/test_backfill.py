@@ -86,6 +86,22 @@ def test_text_keys_several_sources_and_halfvec(doc_engine: Engine) -> None:
         assert np.array_equal(np.asarray(found, np.float16), expected), key
 
 
+def test_a_table_without_the_trigger_is_warned_about(
+    doc_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(doc_engine, 1, 10)
+    backfill(doc_engine, Doc.embedding_v2, ["body"], embed)
+    assert [r for r in caplog.records if r.name == "pgvector_base.backfill"] == []
+    with doc_engine.begin() as connection:
+        connection.execute(text("DROP TRIGGER reembed_embedding_v2 ON backfill_doc"))
+    backfill(doc_engine, Doc.embedding_v2, ["body"], embed)
+    assert [r.getMessage() for r in caplog.records if r.name == "pgvector_base.backfill"] == [
+        "backfill_doc has no trigger reembed_embedding_v2: a row whose source changes after it "
+        "is embedded keeps its old embedding; add track_source_changes to the expand migration "
+        "(docs/embedding-models.md)"
+    ]
+
+
 def test_rows_without_a_source_are_left_empty(doc_engine: Engine) -> None:
     fill(doc_engine, 1, 20)
     with doc_engine.begin() as connection:
