@@ -25,8 +25,13 @@ per part:
   request through :class:`~pgvector_base.aio.AsyncVectorSearch`, against pgbench;
 * prepared (:mod:`.prepared`): server-side prepared statements off and on, in the
   session-per-request pattern;
+* hybrid (:mod:`.hybrid`, :mod:`.datasets`): :class:`~pgvector_base.search.HybridSearch` beside
+  ``VectorSearch`` on a table of short documents with GloVe word vectors (or synthetic ones);
 * replica (:mod:`.replica`, :mod:`.cluster`): searches marked as replica reads on a primary alone
   and routed to its streaming replica, on 20,000 rows;
+* backfill (:mod:`.backfill`): :func:`~pgvector_base.backfill.backfill` filling a new embedding
+  column with a free embed function, against the server's ``UPDATE ... FROM`` a table holding the
+  same vectors, batch for batch; and a reader's p99 during a backfill over before it;
 * startup (:mod:`.startup`): ``alembic current`` in the template against stock Alembic's;
 * tenants (:mod:`.tenants`): searches for tenants of 0.1%, 1%, 10% and 50% of the rows, served
   by the shared index (plain, with strict and relaxed iterative scans), by the tenant's own
