@@ -11,6 +11,7 @@ stored: each tenant's rows are known by key, and every answer is checked against
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import threading
 from collections.abc import Iterator
@@ -61,6 +62,9 @@ DIM = 8
 TENANTS = ("acme", "globex", "initech", "hooli")
 ROWS_PER_TENANT = 200
 REQUESTS = 30
+# The first number of the rows that the threads' and the processes' requests write.
+THREAD_ROWS = 500_000
+PROCESS_ROWS = 600_000
 # Cluster-wide names, one pair per test process.
 OWNER = f"tenant_owner_{os.getpid()}"
 APP = f"tenant_app_{os.getpid()}"
@@ -162,12 +166,14 @@ def app_engine(pooler: Any, database: URL, pool_size: int) -> Engine:
     )
 
 
-def requests(engine: Engine, tenant: str, offset: int, start: threading.Barrier) -> list[str]:
-    """A client's requests for ``tenant``, each committing a row: a line per wrong answer."""
+def requests(engine: Engine, tenant: str, first: int, start: Any) -> list[str]:
+    """A client's requests for ``tenant``, each committing a row numbered from ``first``: a line
+    per wrong answer. ``start`` is a barrier the clients pass together."""
     sessions = session_factory(engine)
-    query = np.random.default_rng(offset).random(DIM).tolist()
+    query = np.random.default_rng(first + TENANTS.index(tenant)).random(DIM).tolist()
     problems: list[str] = []
     own = {key(tenant, n) for n in range(ROWS_PER_TENANT)}
+    theirs = range(key(tenant, 0), key(tenant, 999_999) + 1)
     others = [key(other, 1) for other in TENANTS if other != tenant]
     start.wait()
     for number in range(REQUESTS):
@@ -177,9 +183,10 @@ def requests(engine: Engine, tenant: str, offset: int, start: threading.Barrier)
             if len(found) != 10 or tenants != {tenant}:
                 problems.append(f"{tenant} #{number}: search gave {len(found)} rows of {tenants}")
             keys = {row.id for row in session.scalars(select(Document))}
-            written = {key(tenant, 500_000 + n) for n in range(number)}
-            if keys != own | written:
-                problems.append(f"{tenant} #{number}: plain query saw {len(keys - own)} others")
+            written = {key(tenant, first + n) for n in range(number)}
+            foreign = [found_key for found_key in keys if found_key not in theirs]
+            if foreign or not own | written <= keys:
+                problems.append(f"{tenant} #{number}: plain query saw {foreign}, not all its own")
             leaked = [
                 other
                 for other in others
@@ -187,11 +194,35 @@ def requests(engine: Engine, tenant: str, offset: int, start: threading.Barrier)
             ]
             if leaked or session.get(Document, (tenant, key(tenant, 1))) is None:
                 problems.append(f"{tenant} #{number}: loads gave {leaked}, not its own row")
-            session.add(
-                Document(tenant_id=tenant, id=key(tenant, 500_000 + number), embedding=query)
-            )
+            session.add(Document(tenant_id=tenant, id=key(tenant, first + number), embedding=query))
             session.commit()
     return problems
+
+
+def process_requests(*, url: URL, tenant: str, first: int, start: Any, found: Any) -> None:
+    """A client process: its own engine on ``url``, its problems put on ``found``."""
+    engine = create_app_engine(url, EngineSettings(pool_size=1, max_overflow=0))
+    try:
+        found.put(requests(engine, tenant, first, start))
+    except BaseException as error:
+        found.put([f"{tenant}: {error!r}"])
+    finally:
+        engine.dispose()
+
+
+def stored_requests(database: URL, first: int) -> list[tuple[str, int]]:
+    """Each partition and how many request rows numbered from ``first`` it holds."""
+    with create_engine(database, poolclass=NullPool).connect() as connection:
+        return [
+            (str(partition), int(count))
+            for partition, count in connection.execute(
+                text(
+                    "SELECT tableoid::regclass::text, count(*) FROM document "
+                    "WHERE id % 1000000 BETWEEN :first AND :first + 99999 GROUP BY 1 ORDER BY 1"
+                ),
+                {"first": first},
+            )
+        ]
 
 
 def test_threads_of_many_tenants_see_only_their_own_rows(
@@ -204,8 +235,7 @@ def test_threads_of_many_tenants_see_only_their_own_rows(
     try:
         with ThreadPoolExecutor(len(TENANTS)) as pool:
             futures = [
-                pool.submit(requests, engine, tenant, offset, start)
-                for offset, tenant in enumerate(TENANTS)
+                pool.submit(requests, engine, tenant, THREAD_ROWS, start) for tenant in TENANTS
             ]
             problems = [line for future in futures for line in future.result()]
     finally:
@@ -214,14 +244,41 @@ def test_threads_of_many_tenants_see_only_their_own_rows(
     servers = [row for row in pooler.admin("SHOW SERVERS") if row["user"] == APP]
     assert 1 <= len(servers) <= 2
     # Every request's row was stored, in its tenant's partition.
-    with create_engine(deployment.database, poolclass=NullPool).connect() as connection:
-        stored = connection.execute(
-            text(
-                "SELECT tableoid::regclass::text, count(*) FROM document WHERE id % 1000000 "
-                ">= 500000 GROUP BY 1 ORDER BY 1"
-            )
-        ).all()
-    assert stored == sorted((f"document_{tenant}", REQUESTS) for tenant in TENANTS)
+    assert stored_requests(deployment.database, THREAD_ROWS) == sorted(
+        (f"document_{tenant}", REQUESTS) for tenant in TENANTS
+    )
+
+
+def test_processes_of_many_tenants_see_only_their_own_rows(
+    deployment: Deployment, pgbouncer: StartPgBouncer
+) -> None:
+    pooler = pgbouncer(pool_mode="transaction", pool_size=2, users=[APP])
+    url = pooler.url(deployment.database).set(username=APP)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(len(TENANTS))
+    found = context.Queue()
+    processes = [
+        context.Process(
+            target=process_requests,
+            kwargs={
+                "url": url,
+                "tenant": tenant,
+                "first": PROCESS_ROWS,
+                "start": start,
+                "found": found,
+            },
+        )
+        for tenant in TENANTS
+    ]
+    for process in processes:
+        process.start()
+    problems = [line for _ in processes for line in found.get()]
+    for process in processes:
+        process.join()
+    assert problems == []
+    assert stored_requests(deployment.database, PROCESS_ROWS) == sorted(
+        (f"document_{tenant}", REQUESTS) for tenant in TENANTS
+    )
 
 
 def test_a_reused_connection_carries_no_tenant(
