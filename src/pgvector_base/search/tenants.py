@@ -7,8 +7,9 @@ A vector index is built over every row of its table (or partition); the tenant c
 the benchmark (``--only tenants``, docs/multitenancy.md), and fewer than k rows. What serves a
 tenant best depends on its share of the rows its index covers, measured there:
 
-* a partition of its own (``partitions.by_list``): the planner prunes to it, and its index is the
-  tenant's alone; nothing else is needed, and the rules below then see a share near 1;
+* a partition of its own (declared with ``partitions.by_list``, one value to it): the planner
+  prunes to it, and its index is the tenant's alone, so the search runs as it is, with nothing
+  to choose (``"partition"``);
 * a small tenant (at most :data:`EXACT_ROWS` rows), or one under :data:`EXACT_SHARE` of the rows
   its index covers: an exact scan of its rows, found by the tenant column's btree index (the
   primary key ``(tenant_id, id)`` is one). It is exact, and faster than an iterative scan that
@@ -33,6 +34,7 @@ from typing import Any, Generic, Literal, cast
 from sqlalchemy import ColumnElement, Float, bindparam, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from pgvector_base.migration import partitions
 from pgvector_base.search.nearest import ModelT, Neighbor, VectorSearch
 from pgvector_base.search.query import DIALECT, QueryVector, QueryVectorType, checked_k
 from pgvector_base.search.settings import SearchSettings
@@ -51,17 +53,18 @@ MAX_EF_SEARCH = 1000
 DEFAULT_MAX_SCAN_TUPLES = 20_000
 """pgvector's ``hnsw.max_scan_tuples``, the floor of what an iterative scan may visit."""
 
-Strategy = Literal["exact", "iterative"]
+Strategy = Literal["partition", "exact", "iterative"]
 
 
 @dataclass(frozen=True)
 class Plan:
     """How one tenant's search is served, and why: its rows (counted up to
-    :data:`COUNT_LIMIT`) and the rows of the table or partition they live in."""
+    :data:`COUNT_LIMIT`) and the rows of the table or partition they live in (neither counted
+    for a partition of its own)."""
 
     strategy: Strategy
-    rows: int
-    covered: int
+    rows: int | None = None
+    covered: int | None = None
     settings: SearchSettings | None = None
 
 
@@ -81,6 +84,12 @@ class TenantSearch(Generic[ModelT]):
         self.search = search
         self.tenant_column = tenant_column
         column = tenant_column.property.columns[0]
+        declared = partitions.declared(column.table)
+        lists = declared.lists if declared is not None and declared.column == column.name else None
+        # The tenants with a partition of their own.
+        self._own_partition = frozenset(
+            values[0] for values in (lists or {}).values() if len(values) == 1
+        )
         preparer = DIALECT.identifier_preparer
         table = preparer.format_table(column.table)
         condition = f"{preparer.quote(column.name)} = :tenant"
@@ -103,6 +112,8 @@ class TenantSearch(Generic[ModelT]):
 
     def plan(self, session: Session, tenant: object) -> Plan:
         """How :meth:`nearest` serves ``tenant``, from its rows and their share."""
+        if tenant in self._own_partition:
+            return Plan("partition")
         row = session.execute(self._count, {"tenant": tenant, "limit": COUNT_LIMIT}).one()
         rows = int(row[0])
         covered = max(rows, math.ceil(row[1] or 0))
@@ -132,7 +143,7 @@ class TenantSearch(Generic[ModelT]):
         condition, nearest first."""
         conditions = [self.tenant_column == tenant, *where]
         plan = self.plan(session, tenant)
-        if plan.strategy == "iterative":
+        if plan.strategy != "exact":
             return self.search.nearest(session, query, k, where=conditions, settings=plan.settings)
         statement = self.search.statement(conditions).order_by(None).order_by(self._exact_order)
         parameters = {"query": self.search.encoder.parameter(query), "k": checked_k(k)}
