@@ -453,9 +453,10 @@ def compare_distribution(
             op.table for op in changes if isinstance(op, DistributeTableOp | UndistributeTableOp)
         }
         dropped, added = _foreign_keys_around(connection, tables, created, moved, default_schema)
-        if dropped or added:
-            # A foreign key to a reference table needs every later statement of the transaction
-            # on one connection per worker; without this Citus refuses after a parallel copy.
+        if dropped or added or moved & created.keys():
+            # After a parallel operation, Citus refuses a foreign key to a reference table and
+            # a schema's DROP (the downgrade's of a new table's schema) in the same transaction;
+            # on one connection per worker it takes both. New tables are empty: nothing to copy.
             changes = [SequentialOp(first=True), *dropped, *changes, *added, SequentialOp()]
         upgrade_ops.ops.extend(changes)
     return PriorityDispatchResult.CONTINUE
