@@ -79,6 +79,8 @@ class Cluster:
     """A coordinator whose database ``url`` has Citus and its workers registered."""
 
     url: URL
+    temporary: bool = False
+    """Started by :func:`start`, and deleted with everything in it afterwards."""
 
     def nodes(self) -> list[tuple[str, int]]:
         """The coordinator's and the workers' host and port, from Citus's own node table."""
@@ -202,7 +204,7 @@ def start() -> Iterator[Cluster]:
             f"SELECT citus_set_coordinator_host('{root}', {COORDINATOR_PORT})",
             *(f"SELECT citus_add_node('{root}', {port})" for port in WORKER_PORTS),
         )
-        yield Cluster(nodes.url(COORDINATOR_PORT))
+        yield Cluster(nodes.url(COORDINATOR_PORT), temporary=True)
     finally:
         for port in started:
             subprocess.run(

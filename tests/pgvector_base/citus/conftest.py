@@ -31,7 +31,8 @@ def citus_cluster() -> Iterator[harness.Cluster]:
 
 @pytest.fixture(scope="session")
 def citus_database(citus_cluster: harness.Cluster) -> Iterator[CitusDatabase]:
-    """A factory of new databases on the cluster, each with ``vector``; dropped at the end."""
+    """A factory of new databases on the cluster, each with ``vector``; dropped at the end from
+    a cluster given by URL (a cluster of our own goes with them)."""
     created: list[URL] = []
 
     def create() -> URL:
@@ -45,5 +46,6 @@ def citus_database(citus_cluster: harness.Cluster) -> Iterator[CitusDatabase]:
         return url
 
     yield create
-    for url in created:
-        citus_cluster.drop_database(url)
+    if not citus_cluster.temporary:
+        for url in created:
+            citus_cluster.drop_database(url)

@@ -17,10 +17,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import BigInteger, Engine, Index, create_engine, event, insert, text
+from sqlalchemy import BigInteger, Engine, Index, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pgvector_base.aio import AsyncVectorSearch
+from pgvector_base.loading import load
 from pgvector_base.search import SearchSettings, VectorSearch
 from pgvector_base.session import (
     EngineSettings,
@@ -68,7 +69,8 @@ QUERIES = np.random.default_rng(1).standard_normal((20, DIMENSIONS)).astype(np.f
 
 
 def fill(engine: Engine, *, distribute: bool) -> None:
-    """The table, distributed (4 shards) or not, with the rows, indexed and analyzed."""
+    """The table, distributed (4 shards) or not, with the rows, indexed and analyzed (by
+    :func:`~pgvector_base.loading.load`)."""
     vectors = rows()
     with engine.begin() as connection:
         Base.metadata.create_all(connection)
@@ -77,15 +79,11 @@ def fill(engine: Engine, *, distribute: bool) -> None:
                 text("SELECT create_distributed_table('citus_doc', 'tenant', shard_count => :n)"),
                 {"n": SHARDS},
             )
-        connection.execute(
-            insert(Doc),
-            [
-                {"tenant": n % TENANTS, "id": n, "embedding": vector.tolist()}
-                for n, vector in enumerate(vectors)
-            ],
+        load(
+            connection,
+            Base.metadata.tables["citus_doc"],
+            [(n % TENANTS, n, vector) for n, vector in enumerate(vectors)],
         )
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("ANALYZE citus_doc"))
 
 
 @pytest.fixture(scope="module")
