@@ -1,6 +1,6 @@
 """Vector search and bulk loading for asyncio: :class:`AsyncVectorSearch` and :func:`load`.
 
-Each call runs the sync API (:mod:`pgvector_base.search`, :mod:`pgvector_base.loading`) in
+Each call runs the sync API (:mod:`pgvector_base.search.nearest`, :mod:`pgvector_base.loading`) in
 SQLAlchemy's greenlet (``AsyncSession.run_sync``, ``AsyncConnection.run_sync``), where every
 round trip is awaited on psycopg 3's async connection while other tasks run. So the async API
 has the sync one's statements, checks and one-line errors, its query vector in binary, its
