@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.util import CommandError
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import (
     BigInteger,
@@ -23,11 +24,14 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from pgvector_base.migration.distribution import distributed, reference
+from pgvector_base.migration.locking import LOCK_TIMEOUT_ENV, MIGRATION_LOCK_KEY
+from pgvector_base.migration.timeouts import DDL_LOCK_TIMEOUT_ENV
 
 from ..autogenerate.project import REPOSITORY_ROOT, Project
 from .conftest import CitusDatabase
@@ -279,3 +283,47 @@ def test_a_stored_vector_column_of_a_distributed_table_is_dropped_only_when_name
         if table.name != "chunk":
             table.to_metadata(without)
     assert project.refused(without).startswith("autogenerate would drop table chunk")
+
+
+def test_a_run_waits_for_the_coordinators_migration_lock_and_stops_in_one_line(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LOCK_TIMEOUT_ENV, "1s")
+    project.revise(models(), message="placed")
+    with project.engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        pid = holder.scalar(text("SELECT pg_backend_pid()"))
+        with pytest.raises(CommandError) as refused:
+            project.upgrade()
+        holder.rollback()
+    assert str(refused.value).startswith(
+        f"PostgreSQL backend pid {pid} has held the migration lock"
+    )
+    assert project.fetch("SELECT to_regclass('chunk')") == [(None,)]
+    project.upgrade()
+    assert set(placements(project)) == {"tenant", "document", "chunk"}
+
+
+def test_ddl_on_a_distributed_table_behind_a_lock_fails_fast_and_succeeds_on_retry(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DDL_LOCK_TIMEOUT_ENV, "1s")
+    project.revise(models(), message="placed")
+    project.upgrade()
+    wider = models()
+    wider.tables["chunk"].append_column(Column("note", String(50)))
+    project.revise(wider, message="note")
+    with project.engine.connect() as report:
+        # An open transaction that read the table: ALTER TABLE waits for its lock.
+        report.execute(text("SELECT count(*) FROM chunk"))
+        with pytest.raises(CommandError) as refused:
+            project.upgrade()
+        report.rollback()
+    assert "waited over 1s for a lock held by another session" in str(refused.value)
+    project.upgrade()
+    # The column reached every shard.
+    assert project.fetch(
+        "SELECT count(*) FROM run_command_on_shards('chunk', $$SELECT note FROM %s LIMIT 0$$) "
+        "WHERE success"
+    ) == [(4,)]
+    project.settled(wider)
