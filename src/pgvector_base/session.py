@@ -494,9 +494,11 @@ def set_local(executor: Session | Connection, settings: Mapping[str, str]) -> No
         if not _SETTING_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a setting's name")
         statements.append(f"SET LOCAL {name} = {_literal(value)}")
-    # One round trip: both drivers take several statements in a string sent without parameters
-    # (no_parameters: none at all, or the driver would read a % in a value as a placeholder).
-    connection.exec_driver_sql("; ".join(statements), execution_options={"no_parameters": True})
+    # One statement each: psycopg 3 prepares a statement run often enough (at once with
+    # prepare_threshold=0), and no statement of several commands can be prepared. Sent with no
+    # parameters at all, or the driver would read a % in a value as a placeholder.
+    for statement in statements:
+        connection.exec_driver_sql(statement, execution_options={"no_parameters": True})
 
 
 _CITUS_PROPAGATION = "citus.propagate_set_commands"

@@ -221,3 +221,19 @@ def test_a_search_filtered_on_the_distribution_column_runs_on_one_shard(
         cursor.execute(f"EXPLAIN {statement}", parameters)
         plan = "\n".join(row[0] for row in cursor.fetchall())
         assert "Task Count: 1" in plan, plan
+
+
+def test_settings_reach_the_shards_when_every_statement_is_prepared(
+    cluster_engine: Engine,
+) -> None:
+    # prepare_threshold=0 prepares each statement at its first run, the SET LOCALs too.
+    engine = create_app_engine(
+        cluster_engine.url, EngineSettings(pool_size=1, max_overflow=0, prepare_threshold=0)
+    )
+    try:
+        with session_factory(engine)() as session:
+            for _ in range(3):
+                assert 1 <= len(keys(session, ONE_PER_SHARD)) <= SHARDS
+            assert len(keys(session)) == K
+    finally:
+        engine.dispose()
