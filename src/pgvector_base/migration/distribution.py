@@ -297,18 +297,20 @@ def name_of(table: Table, default_schema: str | None) -> str:
     return f"{schema if schema.islower() and schema.isidentifier() else quote(schema)}.{name}"
 
 
-def current_placements(connection: Connection) -> dict[str, Current]:
+def current_placements(connection: Connection, default_schema: str | None) -> dict[str, Current]:
     """Every Citus table's placement, by :func:`name_of`'s name, from ``pg_dist_partition``."""
     rows = connection.execute(
         text(
-            "SELECT p.logicalrelid::regclass::text, p.partmethod, p.repmodel, "
+            "SELECT n.nspname, c.relname, p.partmethod, p.repmodel, "
             "column_to_column_name(p.logicalrelid, p.partkey), p.colocationid, "
             "(SELECT count(*) FROM pg_dist_shard s WHERE s.logicalrelid = p.logicalrelid) "
-            "FROM pg_dist_partition p"
+            "FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace"
         )
     ).all()
     found: dict[str, Current] = {}
-    for name, method, replication, column, colocation, shards in rows:
+    for schema, table, method, replication, column, colocation, shards in rows:
+        name = name_of(Table(table, MetaData(), schema=schema), default_schema)
         if method == "h":
             found[name] = Current(Distributed(column, None, shards), colocation, shards)
         elif replication == "t":
@@ -324,7 +326,9 @@ def has_citus(connection: Connection) -> bool:
     )
 
 
-def refusals(tables: dict[str, Table], placements: dict[str, Placement | None]) -> list[str]:
+def refusals(
+    tables: dict[str, Table], placements: dict[str, Placement | None], default_schema: str | None
+) -> list[str]:
     """What Citus would refuse of the declared ``placements`` (by table name), each in words that
     name the fix."""
     problems: list[str] = []
@@ -333,7 +337,7 @@ def refusals(tables: dict[str, Table], placements: dict[str, Placement | None]) 
         if isinstance(placement, Distributed):
             problems.extend(_distributed_refusals(name, table, placement, placements))
         for key in table.foreign_keys:
-            target = name_of(key.column.table, None)
+            target = name_of(key.column.table, default_schema)
             target_placement = placements.get(target)
             if target == name:
                 continue
@@ -429,10 +433,10 @@ def compare_distribution(
         )
     if not citus:
         return PriorityDispatchResult.CONTINUE
-    problems = refusals(tables, placements)
+    problems = refusals(tables, placements, default_schema)
     if problems:
         raise CommandError("the models need a fix for Citus: " + "; ".join(problems))
-    current = current_placements(connection)
+    current = current_placements(connection, default_schema)
     created: dict[str, ops.CreateTableOp] = {}
     for op in upgrade_ops.ops:
         if isinstance(op, ops.CreateTableOp):
