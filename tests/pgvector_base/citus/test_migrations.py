@@ -327,3 +327,67 @@ def test_ddl_on_a_distributed_table_behind_a_lock_fails_fast_and_succeeds_on_ret
         "WHERE success"
     ) == [(4,)]
     project.settled(wider)
+
+
+def note(placement: dict[str, Any]) -> MetaData:
+    """A table on its own, placed as given."""
+    metadata = MetaData()
+    Table(
+        "note",
+        metadata,
+        Column("tenant_id", Integer, primary_key=True),
+        Column("id", BigInteger, primary_key=True),
+        Column("embedding", VECTOR(3)),
+        **placement,
+    )
+    return metadata
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "operations", "expected"),
+    [
+        (
+            distributed(by="tenant_id"),
+            distributed(by="id"),
+            ["SELECT alter_distributed_table('note', distribution_column => 'id')"],
+            ("distributed", "id"),
+        ),
+        (
+            reference(),
+            distributed(by="tenant_id"),
+            [
+                "SELECT undistribute_table('note')",
+                "SELECT create_distributed_table('note', 'tenant_id')",
+            ],
+            ("distributed", "tenant_id"),
+        ),
+        (distributed(by="tenant_id"), {}, ["SELECT undistribute_table('note')"], None),
+    ],
+    ids=["another-column", "reference-to-distributed", "removed"],
+)
+def test_a_changed_placement_moves_the_rows_and_downgrades(
+    project: Project,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    operations: list[str],
+    expected: tuple[str, str] | None,
+) -> None:
+    project.revise(note(before), message="before")
+    project.upgrade()
+    project.execute(
+        "INSERT INTO note SELECT g % 3, g, CAST(ARRAY[g, g * 0.5, 1] AS vector) "
+        "FROM generate_series(1, 100) g"
+    )
+    rows = project.fetch("SELECT md5(string_agg(n::text, ',' ORDER BY id)) FROM note n")
+    was = placements(project)
+    generated = project.revise(note(after), message="after")
+    for operation in operations:
+        assert operation in generated
+    project.upgrade()
+    now = {name: kind_and_column[:2] for name, kind_and_column in placements(project).items()}
+    assert now == ({"note": expected} if expected else {})
+    assert project.fetch("SELECT md5(string_agg(n::text, ',' ORDER BY id)) FROM note n") == rows
+    project.settled(note(after))
+    project.downgrade()
+    assert placements(project) == was
+    assert project.fetch("SELECT md5(string_agg(n::text, ',' ORDER BY id)) FROM note n") == rows
