@@ -1,6 +1,6 @@
 """Loading into a distributed table: every row stored bit for bit, the first load's index dropped
-and rebuilt on every shard, a bad row named by its line before it is sent, and one a shard
-rejects by its key.
+and rebuilt on every shard with settings that reach the shards' builds, a bad row named by its
+line before it is sent, and one a shard rejects by its key.
 
 Stored vectors are read back in the server's binary output (``vector_send``) and compared with
 pgvector's binary format written here with ``struct``, an encoder other than the loader's.
@@ -30,7 +30,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from pgvector_base.loading import LoadError, copy_rows, load
+from pgvector_base.session import set_local
 
+from . import cluster as harness
 from .conftest import CitusDatabase
 
 DIMENSIONS = 8
@@ -140,3 +142,34 @@ def test_a_bad_row_is_refused_before_it_is_sent(engine: Engine) -> None:
         load(connection, ITEM, [*rows(3), bad])
     assert str(failed.value).startswith("line 4: embedding"), failed.value
     assert stored(engine) == {}
+
+
+def test_settings_made_for_a_build_reach_the_shards_builds(engine: Engine) -> None:
+    # What load does with BuildSettings (set_local, then CREATE INDEX), seen through a setting
+    # whose effect on a shard can be observed: lock_timeout, while a worker's session holds a
+    # lock on one shard. Only a build that got the setting gives up; the coordinator's own lock
+    # is free. (maintenance_work_mem would show as pgvector's notice, which Citus does not relay.)
+    with engine.connect() as connection:
+        shard, host, port = connection.execute(
+            text(
+                "SELECT shard_name('citus_item', shardid), nodename, nodeport FROM citus_shards "
+                "WHERE table_name = 'citus_item'::regclass ORDER BY shardid LIMIT 1"
+            )
+        ).one()
+    assert engine.url.database is not None
+    worker = create_engine(
+        harness.node_url(engine.url, host, port, engine.url.database), poolclass=NullPool
+    )
+    try:
+        with worker.connect() as holder:
+            holder.execute(text("SET LOCAL citus.enable_manual_changes_to_shards = on"))
+            holder.execute(text(f"LOCK TABLE {shard} IN ROW EXCLUSIVE MODE"))
+            with engine.connect() as connection:
+                # A guard: without the setting on the shard, the build would wait this long.
+                connection.execute(text("SELECT set_config('statement_timeout', '20s', true)"))
+                set_local(connection, {"lock_timeout": "100ms"})
+                with pytest.raises(DBAPIError, match="canceling statement due to lock timeout"):
+                    connection.execute(text("CREATE INDEX ix_citus_item_again ON citus_item (id)"))
+            holder.rollback()
+    finally:
+        worker.dispose()
