@@ -27,6 +27,7 @@ from benchmarks.bench.common import (
     item_model,
     uptime,
 )
+from benchmarks.bench.hybrid import measure_hybrid
 from benchmarks.bench.load import measure_loads
 from benchmarks.bench.prepared import measure_prepared
 from benchmarks.bench.query import measure_overhead, measure_queries
@@ -45,7 +46,17 @@ from pgvector_base.search import VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine
 
 # In the order they run: scaling last, as it leaves other sizes in the table.
-PARTS = ("load", "build", "query", "async", "prepared", "replica", "startup", "scaling")
+PARTS = (
+    "load",
+    "build",
+    "query",
+    "async",
+    "prepared",
+    "hybrid",
+    "replica",
+    "startup",
+    "scaling",
+)
 # The parts that search the whole table, with its index.
 SEARCHES = {"build", "query", "async", "prepared"}
 
@@ -162,6 +173,21 @@ def run(url: URL, args: argparse.Namespace) -> Results:
             results.prepared = measure_prepared(
                 url, model, data.queries, k=args.k, repeats=args.repeats
             )
+        # An expression, not a statement: one branch fewer for run(), which has its fill.
+        results.hybrid = (
+            measure_hybrid(
+                engine,
+                app,
+                rows=args.rows,
+                dim=args.dim,
+                queries=args.queries,
+                k=args.k,
+                repeats=args.repeats,
+                seed=args.seed,
+            )
+            if "hybrid" in parts
+            else None
+        )
         if "replica" in parts:
             results.replica = measure_replica(
                 model,
