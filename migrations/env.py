@@ -20,6 +20,7 @@ from pgvector_base.database import resolve_url
 from pgvector_base.migration import (
     builds,
     comparison,
+    distribution,
     enums,
     errors,
     exclusion,
@@ -54,11 +55,11 @@ def configure(**kwargs: Any) -> None:
         compare_type=True,
         # Alembic's comparators plus ours: index definitions and vector dimensions; before any
         # comparison, a check of the models' vector indexes against pgvector; after it, CREATE
-        # SCHEMA where needed, no stored vector dropped unasked, and the library type each of the
-        # team's own column types is written as; partitions are created as the models declare
-        # them and never dropped; row-level security, its policy and grants as they declare
-        # them. (Enum types compare through
-        # alembic-postgresql-enum, which needs no entry here: see enums.py.)
+        # SCHEMA where needed, no stored vector dropped unasked, each table placed on a Citus
+        # cluster as its model declares, partitions created as the models declare them and
+        # never dropped, row-level security with its policy and grants as they declare it, and
+        # the library type each of the team's own column types is written as. (Enum types
+        # compare through alembic-postgresql-enum, which needs no entry here: see enums.py.)
         autogenerate_plugins=[
             "alembic.autogenerate.*",
             comparison.PLUGIN_NAME,
@@ -67,6 +68,7 @@ def configure(**kwargs: Any) -> None:
             tenancy.PLUGIN_NAME,
             schemas.PLUGIN_NAME,
             stored_vectors.PLUGIN_NAME,
+            distribution.PLUGIN_NAME,
             rendering.PLUGIN_NAME,
         ],
         render_item=rendering.render_item,
