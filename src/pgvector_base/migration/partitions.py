@@ -23,15 +23,16 @@ and this plugin, after Alembic's comparison of tables:
   index of the parent on it. Adding a tenant is one more entry and one autogenerate;
 * stops with one line when a partition exists with other bounds than declared (a new hash
   modulus, a value moved between lists: rows would have to move), when the table exists but is
-  not partitioned (converting it moves every row), when the primary key lacks the partition
-  column (PostgreSQL refuses it), and when an index of a partitioned table is declared
-  ``postgresql_concurrently=True``: PostgreSQL cannot build one concurrently on a partitioned
-  table, and the partitions of a new tenant are empty when their indexes are built anyway;
+  not partitioned (converting it moves every row), and when the primary key lacks the partition
+  column (PostgreSQL refuses it);
 * leaves a partition the model no longer declares as it is, with a log line: dropping it would
   delete a tenant's rows. Drop or detach it in a migration written by hand.
 
 The vector index is declared on the model as for any table; partitions' own indexes (named by
-PostgreSQL, ``document_acme_embedding_idx``) are neither compared nor dropped.
+PostgreSQL, ``document_acme_embedding_idx``) are neither compared nor dropped. One declared
+``postgresql_concurrently=True`` is built partition by partition
+(:func:`pgvector_base.migration.indexes.build_on_partitions`), since PostgreSQL cannot build one
+concurrently on a partitioned table.
 
 This module is an Alembic plugin (``alembic.runtime.plugins``): importing it registers the plugin,
 and ``env.py`` enables it by name in ``autogenerate_plugins``.
@@ -51,8 +52,6 @@ from alembic.runtime.plugins import Plugin
 from alembic.util import CommandError, DispatchPriority, PriorityDispatchResult
 from sqlalchemy import Table, text
 from sqlalchemy.engine import Connection
-
-from pgvector_base.migration.rendering import CONCURRENTLY, CreateIndexConcurrentlyOp
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +224,7 @@ def compare_partitions(
         partitions = declared(table)
         if partitions is None or table.schema not in schemas | {default}:
             continue
-        problems += declaration_problems(table, partitions, upgrade_ops.ops)
+        problems += declaration_problems(table, partitions)
         if problems:
             continue
         strip_declaration(upgrade_ops.ops, table)
@@ -253,9 +252,7 @@ def qualified(connection: Connection, schema: str | None, name: str) -> str:
     return f"{preparer.quote_schema(spelled)}.{preparer.quote(name)}"
 
 
-def declaration_problems(
-    table: Table, partitions: Partitions, operations: Iterable[ops.MigrateOperation]
-) -> list[str]:
+def declaration_problems(table: Table, partitions: Partitions) -> list[str]:
     """Why ``table``'s declaration cannot be migrated as it stands, a line each."""
     problems = []
     if partitions.column not in table.c:
@@ -269,29 +266,7 @@ def declaration_problems(
             f"key lacks, and PostgreSQL needs it there; add primary_key=True to "
             f"{partitions.column}"
         )
-    for name in concurrent_indexes(table, operations):
-        problems.append(
-            f"index {name} of partitioned table {table.fullname} is declared "
-            "postgresql_concurrently=True, which PostgreSQL cannot build on a partitioned table; "
-            "remove it (docs/multitenancy.md, 'Partitions')"
-        )
     return problems
-
-
-def concurrent_indexes(table: Table, operations: Iterable[ops.MigrateOperation]) -> list[str]:
-    """The names of the indexes of ``table`` that ``operations`` would build concurrently."""
-    names = []
-    for op in operations:
-        inner = op.ops if isinstance(op, ops.ModifyTableOps) else [op]
-        for change in inner:
-            if (
-                isinstance(change, ops.CreateIndexOp)
-                and change.table_name == table.name
-                and change.schema == table.schema
-                and (change.kw.get(CONCURRENTLY) or isinstance(change, CreateIndexConcurrentlyOp))
-            ):
-                names.append(str(change.index_name))
-    return names
 
 
 def strip_declaration(operations: Iterable[ops.MigrateOperation], table: Table) -> None:

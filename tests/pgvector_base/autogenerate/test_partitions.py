@@ -26,6 +26,7 @@ def documents(
     lists: Mapping[str, Sequence[str]] | None = None,
     modulus: int | None = None,
     concurrently: bool = False,
+    index: bool = True,
 ) -> MetaData:
     """``document``, partitioned by ``tenant_id`` by list or hash, with an HNSW index."""
     metadata = MetaData()
@@ -42,13 +43,14 @@ def documents(
         Column("embedding", VECTOR(3)),
         **declaration,
     )
-    Index(
-        "ix_document_embedding",
-        document.c.embedding,
-        postgresql_using="hnsw",
-        postgresql_ops={"embedding": "vector_cosine_ops"},
-        postgresql_concurrently=concurrently,
-    )
+    if index:
+        Index(
+            "ix_document_embedding",
+            document.c.embedding,
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+            postgresql_concurrently=concurrently,
+        )
     return metadata
 
 
@@ -173,10 +175,59 @@ def test_an_unpartitioned_table_is_not_converted(project: Project) -> None:
     assert "table document exists and is not partitioned" in message
 
 
-def test_declarations_postgresql_refuses_stop_autogenerate(project: Project) -> None:
-    message = project.refused(documents(lists=TENANTS, concurrently=True))
-    assert "index ix_document_embedding of partitioned table document" in message
+def test_a_concurrent_build_on_a_partitioned_table_goes_partition_by_partition(
+    project: Project,
+) -> None:
+    project.revise(documents(lists=TENANTS, index=False))
+    project.upgrade()
+    project.execute(
+        "INSERT INTO document VALUES ('acme', 1, '[1,0,0]'), ('hooli', 2, '[0,1,0]'), "
+        "('globex', 3, '[0,0,1]')"
+    )
+    concurrent = documents(lists=TENANTS, concurrently=True)
+    generated = project.revise(concurrent, message="index")
+    assert "indexes.create_index_concurrently(" in generated
+    project.upgrade()
+    # The parent's index is valid: every partition has its own, attached to it.
+    assert project.fetch(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_document_embedding'::regclass"
+    ) == [(True,)]
+    assert partition_indexes(project) == {
+        f"document_{suffix}": f"document_{suffix}_ix_document_embedding" for suffix in TENANTS
+    }
+    project.settled(concurrent)
 
+    # A build interrupted after the first partition: run again, it keeps that partition's index
+    # and builds the others.
+    project.downgrade()
+    assert project.index("ix_document_embedding") is None
+    method = "USING hnsw (embedding vector_cosine_ops)"
+    project.execute(f"CREATE INDEX ix_document_embedding ON ONLY document {method}")
+    project.execute(f"CREATE INDEX document_acme_ix_document_embedding ON document_acme {method}")
+    project.execute(
+        "ALTER INDEX ix_document_embedding ATTACH PARTITION document_acme_ix_document_embedding"
+    )
+    kept = project.fetch("SELECT 'document_acme_ix_document_embedding'::regclass::oid")
+    project.upgrade()
+    assert project.fetch("SELECT 'document_acme_ix_document_embedding'::regclass::oid") == kept
+    assert set(partition_indexes(project)) == {f"document_{suffix}" for suffix in TENANTS}
+    assert project.fetch(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_document_embedding'::regclass"
+    ) == [(True,)]
+
+    # A tenant added later gets its index from PostgreSQL, with its partition.
+    more = documents(lists={**TENANTS, "umbrella": ["umbrella"]}, concurrently=True)
+    project.revise(more, message="umbrella")
+    project.upgrade()
+    assert "document_umbrella" in partition_indexes(project)
+    project.settled(more)
+
+    project.downgrade("-2")
+    assert project.index("ix_document_embedding") is None
+    assert project.fetch("SELECT count(*) FROM document") == [(3,)]
+
+
+def test_declarations_postgresql_refuses_stop_autogenerate(project: Project) -> None:
     metadata = MetaData()
     Table(
         "document",
