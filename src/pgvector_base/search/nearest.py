@@ -25,13 +25,13 @@ from sqlalchemy import (
     Select,
     bindparam,
     inspect,
-    literal,
-    null,
     select,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 
-from pgvector_base.search.indexes import Distance, choose_index, vector_indexes
+from pgvector_base.search import quantized
+from pgvector_base.search.indexes import Distance, QuantizedIndex, search_index, similarity
+from pgvector_base.search.quantized import QuantizedStatements
 from pgvector_base.search.query import (
     QueryEncoder,
     QueryVector,
@@ -71,6 +71,8 @@ class VectorSearch(Generic[ModelT]):
         model: type[ModelT],
         attribute: InstrumentedAttribute[Any],
         distance: Distance | None = None,
+        *,
+        index: str | None = None,
     ) -> None:
         if attribute.class_ is not model:
             raise ValueError(f"{attribute} is not a column of {model.__name__}")
@@ -78,11 +80,21 @@ class VectorSearch(Generic[ModelT]):
         self.attribute = attribute
         # The column's type is checked first: no index makes another type searchable.
         query_type(attribute.type, self._where)
-        self.index = choose_index(vector_indexes(attribute), distance, self._where)
-        self.distance = self.index.distance
+        self.index, self.distance = search_index(attribute, distance, index, self._where)
         self.encoder = QueryEncoder(attribute.type, self.distance, self._where)
         """Checks and encodes this column's query vectors."""
         self.dimensions = self.encoder.dimensions
+        mapper = inspect(model)
+        self._composite = len(mapper.primary_key) > 1
+        self._quantized = (
+            QuantizedStatements(model, attribute, self.index, self.distance)
+            if isinstance(self.index, QuantizedIndex)
+            else None
+        )
+        if self._quantized is not None:
+            self._select = self._quantized.rows([])
+            self._keys_select = self._quantized.keys([])
+            return
         to_query = attribute.op(self.distance.value, return_type=Float)(
             bindparam("query", type_=QueryVectorType(attribute.type))
         )
@@ -93,7 +105,7 @@ class VectorSearch(Generic[ModelT]):
         # (SQLAlchemy 2.0 and 2.1 spell a Select's column types differently, hence Select[Any].)
         self._select = cast(
             "Select[Any]",
-            select(model, ordering, self._similarity(to_query))
+            select(model, ordering, similarity(self.distance, to_query))
             .order_by(ordering)
             .limit(bindparam("k", type_=Integer))
             .options(defer(attribute))
@@ -101,9 +113,7 @@ class VectorSearch(Generic[ModelT]):
         )
         # The same query shape for keys and distances only, on the table's columns: no ORM
         # entities to load (see nearest_keys).
-        mapper = inspect(model)
         column = mapper.columns[attribute.key]
-        self._composite = len(mapper.primary_key) > 1
         by_column = column.op(self.distance.value, return_type=Float)(
             bindparam("query", type_=QueryVectorType(attribute.type))
         ).label("distance")
@@ -125,8 +135,11 @@ class VectorSearch(Generic[ModelT]):
         Execute it with the parameters ``query`` (the vector) and ``k``. The vector column itself
         is deferred: results rarely need it, and it is the largest value of the row. It is marked
         with :data:`~pgvector_base.session.READ_REPLICA`, so a routing session may send it to a
-        replica.
+        replica. Through a quantized index, it ranks the index's ``candidates`` nearest rows
+        (another parameter) by the exact distance (:mod:`~pgvector_base.search.quantized`).
         """
+        if self._quantized is not None:
+            return self._quantized.rows(list(where))
         return _filtered(self._select, where)
 
     def nearest(
@@ -140,7 +153,8 @@ class VectorSearch(Generic[ModelT]):
     ) -> list[Neighbor[ModelT]]:
         """The ``k`` rows nearest to ``query`` that match every ``where`` condition, nearest
         first."""
-        return self._run(session, self.statement(where), self._parameters(query, k), settings)
+        parameters = self._parameters(query, k, settings)
+        return self._run(session, self.statement(where), parameters, settings)
 
     def nearest_keys(
         self,
@@ -156,8 +170,12 @@ class VectorSearch(Generic[ModelT]):
 
         The key is a tuple for a composite primary key.
         """
-        statement = _filtered(self._keys_select, where)
-        rows = self._rows(session, statement, self._parameters(query, k), settings, core=True)
+        if self._quantized is not None:
+            statement = self._quantized.keys(list(where))
+        else:
+            statement = _filtered(self._keys_select, where)
+        parameters = self._parameters(query, k, settings)
+        rows = self._rows(session, statement, parameters, settings, core=True)
         if self._composite:
             found = [(tuple(row[:-1]), row[-1]) for row in rows]
         else:
@@ -241,7 +259,12 @@ class VectorSearch(Generic[ModelT]):
         the statement (a replica's, for a :class:`~pgvector_base.session.RoutingSession`), so
         that the settings reach the server that runs it.
         """
-        index_settings = settings.parameters(self.index) if settings else {}
+        if isinstance(self.index, QuantizedIndex):
+            index_settings = quantized.index_settings(
+                self.index, settings, parameters["candidates"]
+            )
+        else:
+            index_settings = settings.parameters(self.index) if settings else {}
         # Before the connection is picked, as session.execute does: a routing session with
         # pending changes then counts as having written, and reads from the primary.
         if session.autoflush:
@@ -264,16 +287,15 @@ class VectorSearch(Generic[ModelT]):
         finally:
             savepoint.rollback()
 
-    def _similarity(self, distance: ColumnElement[float]) -> ColumnElement[Any]:
-        if self.distance is Distance.COSINE:
-            return (literal(1.0) - distance).label("similarity")
-        if self.distance is Distance.INNER_PRODUCT:
-            return (distance * -1).label("similarity")
-        return null().label("similarity")
-
-    def _parameters(self, query: QueryVector, k: int) -> dict[str, Any]:
+    def _parameters(
+        self, query: QueryVector, k: int, settings: SearchSettings | None
+    ) -> dict[str, Any]:
         """The statement's parameters, once ``k`` and the query vector are checked."""
-        return {"query": self.encoder.parameter(query), "k": checked_k(k)}
+        k = checked_k(k)
+        parameters: dict[str, Any] = {"query": self.encoder.parameter(query), "k": k}
+        if self._quantized is not None:
+            parameters["candidates"] = quantized.candidates(k, settings)
+        return parameters
 
 
 def _second(pair: tuple[Any, float]) -> float:
