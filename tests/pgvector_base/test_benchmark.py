@@ -65,6 +65,12 @@ EXPECTED = {
         "| alembic current: stock Alembic (alembic init's generic env.py) |",
         "over stock Alembic's |",
     ],
+    "quantized": [
+        "| vector HNSW |",
+        "| halfvec expression HNSW |",
+        "| binary quantization HNSW, 8x re-ranked |",
+        "| halfvec index size over the vector index's |",
+    ],
     # A tenth of the rows up to twice as many.
     "scaling": ["| 1,500 |", "| 3,750 |", "| 7,500 |", "| 15,000 |", "| 30,000 |"],
 }

@@ -88,7 +88,7 @@ def vector_indexes(attribute: InstrumentedAttribute[Any]) -> list[VectorIndex]:
             options["using"] not in VECTOR_INDEX_METHODS
             or options["where"] is not None
             or len(index.expressions) != 1
-            or index.expressions[0] is not column
+            or not _is(index.expressions[0], column)
         ):
             continue
         operator_class = (options["ops"] or {}).get(key)
