@@ -28,6 +28,9 @@ per part:
 * replica (:mod:`.replica`, :mod:`.cluster`): searches marked as replica reads on a primary alone
   and routed to its streaming replica, on 20,000 rows;
 * startup (:mod:`.startup`): ``alembic current`` in the template against stock Alembic's;
+* quantized (:mod:`.quantized`): the vector HNSW index, a halfvec expression index and binary
+  quantization re-ranked at 2, 4 and 8 times oversampling: size, build time, p50 and recall@k by
+  :func:`~pgvector_base.search.measure_recall`, on a table of their own;
 * scaling (:mod:`.scaling`): loading, building and a query at five table sizes, from a tenth of
   ``--rows`` to twice it.
 

@@ -19,6 +19,7 @@ from benchmarks.bench.common import (
     REPOSITORY_ROOT,
     RESULTS,
     BenchBase,
+    Item,
     Results,
     build,
     drop_database,
@@ -29,13 +30,14 @@ from benchmarks.bench.common import (
 )
 from benchmarks.bench.load import measure_loads
 from benchmarks.bench.prepared import measure_prepared
+from benchmarks.bench.quantized import measure_quantized
 from benchmarks.bench.query import measure_overhead, measure_queries
 from benchmarks.bench.replica import measure_replica
 from benchmarks.bench.report import draw_charts, goals, markdown, serialized
 from benchmarks.bench.scaling import measure_scaling
 from benchmarks.bench.startup import measure_startup
 from benchmarks.bench.throughput import measure_throughput
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, Table, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -45,7 +47,17 @@ from pgvector_base.search import VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine
 
 # In the order they run: scaling last, as it leaves other sizes in the table.
-PARTS = ("load", "build", "query", "async", "prepared", "replica", "startup", "scaling")
+PARTS = (
+    "load",
+    "build",
+    "query",
+    "async",
+    "prepared",
+    "replica",
+    "startup",
+    "quantized",
+    "scaling",
+)
 # The parts that search the whole table, with its index.
 SEARCHES = {"build", "query", "async", "prepared"}
 
@@ -171,21 +183,7 @@ def run(url: URL, args: argparse.Namespace) -> Results:
                 repeats=args.repeats,
                 tasks=tasks,
             )
-        if "startup" in parts:
-            results.startup = measure_startup(url, args.repeats)
-        if "scaling" in parts:
-            results.scaling = measure_scaling(
-                engine,
-                app,
-                model=model,
-                table=table,
-                rows=args.rows,
-                dim=args.dim,
-                queries=args.queries,
-                k=args.k,
-                repeats=args.repeats,
-                seed=args.seed,
-            )
+        measure_apart(results, parts, engine, app, url=url, model=model, table=table, args=args)
     finally:
         app.dispose()
         engine.dispose()
@@ -194,6 +192,47 @@ def run(url: URL, args: argparse.Namespace) -> Results:
         results.source += f"; at the end: {finished}"
     results.goals = goals(results)
     return results
+
+
+def measure_apart(
+    results: Results,
+    parts: list[str],
+    engine: Engine,
+    app: Engine,
+    *,
+    url: URL,
+    model: type[Item],
+    table: Table,
+    args: argparse.Namespace,
+) -> None:
+    """The parts that need no loaded ``item``: start-up, quantized indexes (a table of their
+    own) and scaling, last, as it leaves other sizes in ``item``."""
+    if "startup" in parts:
+        results.startup = measure_startup(url, args.repeats)
+    if "quantized" in parts:
+        results.quantized = measure_quantized(
+            engine,
+            app,
+            rows=args.rows,
+            dim=args.dim,
+            queries=args.queries,
+            k=args.k,
+            repeats=args.repeats,
+            seed=args.seed,
+        )
+    if "scaling" in parts:
+        results.scaling = measure_scaling(
+            engine,
+            app,
+            model=model,
+            table=table,
+            rows=args.rows,
+            dim=args.dim,
+            queries=args.queries,
+            k=args.k,
+            repeats=args.repeats,
+            seed=args.seed,
+        )
 
 
 def source() -> str:

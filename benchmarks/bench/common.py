@@ -204,6 +204,19 @@ class Scale:
 
 
 @dataclass(frozen=True)
+class Quantized:
+    """One index kind (and oversampling): its size, build time, p50 and recall."""
+
+    kind: str
+    index: str
+    oversampling: int | None
+    build_seconds: Spread
+    index_mb: float
+    p50_ms: Spread
+    recall: float
+
+
+@dataclass(frozen=True)
 class Startup:
     """One command's wall time, and its time over stock Alembic's, turn by turn."""
 
@@ -251,6 +264,7 @@ class Results:
     replica: list[Routing] = field(default_factory=list)
     prepared: list[Prepared] = field(default_factory=list)
     scaling: list[Scale] = field(default_factory=list)
+    quantized: list[Quantized] = field(default_factory=list)
     startup: list[Startup] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
 

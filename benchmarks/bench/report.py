@@ -1,4 +1,4 @@
-"""The results: goals, Markdown tables, JSON and two charts."""
+"""The results: goals, Markdown tables, JSON and charts."""
 
 from __future__ import annotations
 
@@ -16,12 +16,22 @@ from benchmarks.bench.common import (
     Throughput,
 )
 from benchmarks.bench.load import COLUMNS, LISTS, NUMPY_ROWS
+from benchmarks.bench.quantized import (
+    BINARY_INDEX,
+    HALFVEC_INDEX,
+    KINDS,
+    VECTOR_INDEX,
+    smallest_oversampling,
+)
 from benchmarks.bench.query import KEYS, NEAREST
 from benchmarks.bench.replica import REPLICA_ROWS
 from benchmarks.bench.startup import TEMPLATE
 
+from pgvector_base.search.quantized import DEFAULT_OVERSAMPLING
+
 RECALL_CHART = "recall_latency.png"
 THROUGHPUT_CHART = "throughput.png"
+QUANTIZED_CHART = "quantized_size_recall.png"
 
 
 def goals(results: Results) -> list[Goal]:
@@ -82,6 +92,25 @@ def goals(results: Results) -> list[Goal]:
         for step in results.startup
         if step.command == TEMPLATE
     ]
+    vectors = [q for q in results.quantized if q.index == VECTOR_INDEX]
+    halves = [q for q in results.quantized if q.index == HALFVEC_INDEX]
+    if vectors and halves:
+        # At the template's default oversampling, as a search gets it.
+        vector = vectors[0]
+        half = next(q for q in halves if q.oversampling == DEFAULT_OVERSAMPLING["halfvec"])
+        found += [
+            Goal(
+                "halfvec index size over the vector index's",
+                single(half.index_mb / vector.index_mb),
+                0.55,
+                at_most=True,
+            ),
+            Goal(
+                f"halfvec recall@{results.k} minus the vector index's",
+                single(half.recall - vector.recall),
+                -0.01,
+            ),
+        ]
     return found
 
 
@@ -201,6 +230,31 @@ def markdown(results: Results, *, charts: list[str]) -> str:
                 for s in results.scaling
             ),
         ]
+    if results.quantized:
+        vector_mb = next(q.index_mb for q in results.quantized if q.index == VECTOR_INDEX)
+        sample = min(results.queries, results.rows)
+        lines += [
+            "",
+            f"| Quantized index (recall by measure_recall over {sample} stored rows) "
+            "| Index MB | / vector's | Build s | nearest_keys() p50 ms (ef_search "
+            f"= {DEFAULT_EF_SEARCH}) | Recall@{results.k} |",
+            "|---|--:|--:|--:|--:|--:|",
+            *(
+                f"| {q.kind} | {q.index_mb:,.1f} | {q.index_mb / vector_mb:.2f} | "
+                f"{q.build_seconds.show(1)} | {q.p50_ms.show()} | {q.recall:.3f} |"
+                for q in results.quantized
+            ),
+            "",
+        ]
+        for index in (HALFVEC_INDEX, BINARY_INDEX):
+            tried = [q for q in results.quantized if q.index == index]
+            smallest = smallest_oversampling(results.quantized, index)
+            lines.append(
+                f"{KINDS[index]} reaches recall@{results.k} >= 0.95 from {smallest}x oversampling."
+                if smallest
+                else f"{KINDS[index]} stays below recall@{results.k} 0.95: {tried[-1].recall:.3f} "
+                f"at {tried[-1].oversampling}x, the largest tried."
+            )
     if results.startup:
         lines += [
             "",
@@ -373,6 +427,9 @@ def draw_charts(results: Results, directory: Path) -> list[str]:
         figure.savefig(directory / THROUGHPUT_CHART, dpi=100)
         plt.close(figure)
         written.append(THROUGHPUT_CHART)
+    if results.quantized:
+        draw_size_against_recall(results, directory / QUANTIZED_CHART)
+        written.append(QUANTIZED_CHART)
     return written
 
 
@@ -382,3 +439,29 @@ def point_label(queries: Queries) -> str:
         return "exact"
     name, value = queries.method.removeprefix("HNSW, ").split(" = ")
     return value if name == "iterative_scan" else f"ef {value}"
+
+
+def draw_size_against_recall(results: Results, path: Path) -> None:
+    """The quantized part's chart: each index kind's size against its recall."""
+    import matplotlib.pyplot as plt  # after draw_charts chose the Agg backend
+
+    figure, axes = plt.subplots(figsize=(8, 5), layout="constrained")
+    for q in results.quantized:
+        axes.plot(q.index_mb, q.recall, marker="o", linestyle="")
+        axes.annotate(
+            q.kind,
+            (q.index_mb, q.recall),
+            textcoords="offset points",
+            xytext=(6, -4),
+            fontsize=8,
+        )
+    axes.set_xlim(left=0)
+    axes.set_xlabel("index size, MB")
+    axes.set_ylabel(f"recall@{results.k} (measure_recall)")
+    axes.set_title(
+        f"Index size against recall, ef_search = {DEFAULT_EF_SEARCH}: "
+        f"{results.rows:,} rows x {results.dim}, k = {results.k}"
+    )
+    axes.grid(True, alpha=0.3)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

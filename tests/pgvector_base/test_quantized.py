@@ -11,6 +11,7 @@ is that exact top k.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,10 +23,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pgvector_base.aio import AsyncVectorSearch
+from pgvector_base.database import DATABASE_URL_ENV
 from pgvector_base.loading import load
 from pgvector_base.search import Distance, NoIndexError, SearchSettings, VectorSearch
 from pgvector_base.search.indexes import QuantizedIndex
 from pgvector_base.search.quantized import DEFAULT_OVERSAMPLING
+from pgvector_base.search.recall import main as recall_command
 from pgvector_base.search.recall import measure_recall
 from pgvector_base.session import async_session_factory, create_app_engine, create_async_app_engine
 from tests.conftest import CreateDatabase
@@ -231,26 +234,29 @@ def test_binary_recall_grows_with_oversampling_and_is_below_one_at_one(engine: E
 
 
 def test_ef_search_is_raised_to_the_candidates_unless_the_settings_give_one(engine: Engine) -> None:
-    """HNSW returns at most ef_search rows: 10 times 8 candidates need ef_search 80."""
-    search = searches()[BITS]
+    """HNSW returns at most ef_search rows: 10 results times 8 candidates need ef_search 80."""
     seen: list[str] = []
 
     def after(connection: Any, *args: Any) -> None:
         if "ORDER BY" in args[1]:
             seen.append(connection.exec_driver_sql("SHOW hnsw.ef_search").scalar_one())
 
+    found = searches()
     event.listen(engine, "after_cursor_execute", after)
     try:
         with Session(engine) as session:
-            search.nearest_keys(session, QUERIES[0], K)
-            search.nearest_keys(session, QUERIES[0], K, settings=SearchSettings(oversampling=8))
-            search.nearest_keys(
-                session, QUERIES[0], K, settings=SearchSettings(oversampling=8, ef_search=30)
-            )
+            for name in (HALF, BITS):
+                found[name].nearest_keys(session, QUERIES[0], K)
+            for settings in (
+                SearchSettings(oversampling=3),
+                SearchSettings(oversampling=8),
+                SearchSettings(oversampling=8, ef_search=30),
+            ):
+                found[BITS].nearest_keys(session, QUERIES[0], K, settings=settings)
     finally:
         event.remove(engine, "after_cursor_execute", after)
-    assert seen == ["40", "80", "30"]
-    assert DEFAULT_OVERSAMPLING * K <= 40  # the default needs no savepoint
+    defaults = [str(max(40, K * DEFAULT_OVERSAMPLING[kind])) for kind in ("halfvec", "binary")]
+    assert seen == [*defaults, "40", "80", "30"]
 
 
 def test_oversampling_is_refused_for_a_whole_column_index() -> None:
@@ -309,3 +315,17 @@ def test_async_searches_go_through_the_quantized_index(url: URL) -> None:
             )
         ]
     assert asyncio.run(main()) == expected
+
+
+def test_the_recall_command_measures_a_quantized_index(
+    url: URL, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(DATABASE_URL_ENV, url.render_as_string(hide_password=False))
+    column = f"{__name__}:Doc.embedding"
+    arguments = [column, "--index", BITS, "--sample", "20", "--oversampling", "2"]
+    assert recall_command([*arguments, "--distance", "cosine"]) == 0
+    assert re.fullmatch(
+        r"recall@10 0\.\d{3} over 20 queries \(min [0-9.]+\)\n", capsys.readouterr().out
+    )
+    assert recall_command(arguments) == 1
+    assert "pass distance=" in capsys.readouterr().err

@@ -293,8 +293,8 @@ class VectorSearch(Generic[ModelT]):
         """The statement's parameters, once ``k`` and the query vector are checked."""
         k = checked_k(k)
         parameters: dict[str, Any] = {"query": self.encoder.parameter(query), "k": k}
-        if self._quantized is not None:
-            parameters["candidates"] = quantized.candidates(k, settings)
+        if isinstance(self.index, QuantizedIndex):
+            parameters["candidates"] = quantized.candidates(k, settings, self.index)
         return parameters
 
 

@@ -22,7 +22,8 @@ above HNSW's default of 40.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, cast
 
 from pgvector.sqlalchemy import HALFVEC
@@ -30,14 +31,14 @@ from sqlalchemy import ColumnElement, Float, Integer, Select, bindparam, func, i
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import InstrumentedAttribute, aliased, defer
 
-from pgvector_base.search.indexes import Distance, QuantizedIndex, similarity
+from pgvector_base.search.indexes import Distance, Quantization, QuantizedIndex, similarity
 from pgvector_base.search.query import INT4_MAX, QueryVectorType
 from pgvector_base.search.settings import SearchSettings
 from pgvector_base.session import READ_REPLICA
 
-DEFAULT_OVERSAMPLING = 4
-"""Candidates per result when the settings give no ``oversampling``; chosen from the benchmark's
-recall figures (docs/search.md, "Quantized indexes")."""
+DEFAULT_OVERSAMPLING: Mapping[Quantization, int] = MappingProxyType({"halfvec": 2, "binary": 8})
+"""Candidates per result when the settings give no ``oversampling``, per quantization: the
+smallest factor that reached recall@10 >= 0.95 in the benchmark (docs/benchmark.md)."""
 HNSW_DEFAULT_EF_SEARCH = 40
 HNSW_MAX_EF_SEARCH = 1000
 
@@ -119,9 +120,9 @@ class QuantizedStatements:
         )
 
 
-def candidates(k: int, settings: SearchSettings | None) -> int:
-    """How many candidates a search of ``k`` results takes from the quantized index."""
-    oversampling = (settings and settings.oversampling) or DEFAULT_OVERSAMPLING
+def candidates(k: int, settings: SearchSettings | None, index: QuantizedIndex) -> int:
+    """How many candidates a search of ``k`` results takes from the quantized ``index``."""
+    oversampling = (settings and settings.oversampling) or DEFAULT_OVERSAMPLING[index.kind]
     return min(k * oversampling, INT4_MAX)
 
 

@@ -13,6 +13,7 @@ rows at one distance an exact scan returns is arbitrary, so keys alone would cal
 From the command line, on the database :func:`~pgvector_base.database.resolve_url` picks::
 
     pgvector-recall app.models:Product.embedding --k 10 --sample 100 --ef-search 40
+    pgvector-recall app.models:Item.embedding --index ix_bits --distance cosine --oversampling 8
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from pgvector_base.database import DatabaseConfigError, sqlstate
 from pgvector_base.migration.errors import describe
+from pgvector_base.search.indexes import Distance
 from pgvector_base.search.nearest import VectorSearch
 from pgvector_base.search.query import QueryVectorType, checked_k
 from pgvector_base.search.settings import SearchSettings
@@ -238,14 +240,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="picks the sample (default 0)")
     parser.add_argument("--ef-search", type=int, metavar="N", help="hnsw.ef_search")
     parser.add_argument("--probes", type=int, metavar="N", help="ivfflat.probes")
+    parser.add_argument("--index", metavar="NAME", help="the index to search by (default: chosen)")
+    parser.add_argument(
+        "--distance",
+        choices=[distance.name.lower() for distance in Distance],
+        help="the distance to rank by (a binary-quantization index needs it)",
+    )
+    parser.add_argument(
+        "--oversampling", type=int, metavar="N", help="candidates per result (quantized indexes)"
+    )
     return parser
 
 
 def _run(args: argparse.Namespace) -> RecallReport:
     attribute = _column(args.column)
     try:
-        search = VectorSearch(cast("type[Any]", attribute.class_), attribute)
-        settings = SearchSettings(ef_search=args.ef_search, probes=args.probes)
+        distance = Distance[args.distance.upper()] if args.distance else None
+        search = VectorSearch(
+            cast("type[Any]", attribute.class_), attribute, distance, index=args.index
+        )
+        settings = SearchSettings(
+            ef_search=args.ef_search, probes=args.probes, oversampling=args.oversampling
+        )
         settings.parameters(search.index)
     except (ValueError, LookupError) as error:
         raise CommandError(str(error)) from None

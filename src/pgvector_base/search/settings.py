@@ -39,7 +39,7 @@ class SearchSettings:
 
     ``oversampling`` applies to quantized indexes only: a search takes ``k * oversampling``
     candidates from the index, then ranks them by the exact distance on the full vector
-    (default :data:`~pgvector_base.search.quantized.DEFAULT_OVERSAMPLING`).
+    (default: :data:`~pgvector_base.search.quantized.DEFAULT_OVERSAMPLING`).
     """
 
     ef_search: int | None = None
