@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.dml import UpdateBase
 
@@ -74,6 +76,9 @@ READ_REPLICA: Mapping[str, bool] = MappingProxyType({REPLICA_OPTION: True})
 in a session that has not written."""
 REPLICA_RETRY_SECONDS = 30.0
 """How long a replica that failed to connect is left out before reads try it again."""
+# One comma with any whitespace around it, or whitespace alone (newlines too).
+_REPLICA_URL_SEPARATOR = re.compile(r"\s*,\s*|\s+")
+_SEPARATE = "separate the URLs with commas, spaces or newlines"
 # Keys of Session.info.
 _PRIMARY_ONLY = "pgvector_base.read_from_primary"
 
@@ -132,20 +137,34 @@ def prepare_threshold(raw: str, name: str) -> int | None:
 
 
 def replica_urls(environ: Mapping[str, str] = os.environ) -> list[URL]:
-    """The read replicas' URLs from ``DATABASE_REPLICA_URLS`` (comma-separated; none if unset).
+    """The read replicas' URLs from ``DATABASE_REPLICA_URLS`` (none if unset).
 
-    Each is checked like ``DATABASE_URL``, and no message quotes one: a comma in a password must
-    be URL-encoded (``%2C``).
+    The URLs are separated by commas, whitespace or both, so that one a line (a YAML block
+    scalar) works. Each is checked like ``DATABASE_URL``, and no message quotes one: a comma or a
+    space in a password must be URL-encoded (``%2C``, ``%20``).
     """
     raw = environ.get(REPLICA_URLS_ENV, "")
     if not raw.strip():
         return []
-    parts = [part.strip() for part in raw.split(",")]
+    parts = _REPLICA_URL_SEPARATOR.split(raw.strip())
     if "" in parts:
         raise DatabaseConfigError(
-            f"{REPLICA_URLS_ENV} has an empty entry; separate the URLs with single commas "
-            "(URL-encode a comma in a password as %2C)"
+            f"{REPLICA_URLS_ENV} has an empty entry; {_SEPARATE} (URL-encode a comma in a "
+            "password as %2C)"
         )
+    for number, part in enumerate(parts, start=1):
+        # Another separator (';', '|') leaves two URLs in one entry; a raw space in a password
+        # leaves its tail as an entry without a scheme.
+        schemes = part.count("://")
+        if schemes > 1:
+            raise DatabaseConfigError(
+                f"{REPLICA_URLS_ENV} (URL {number}) holds more than one URL; {_SEPARATE}"
+            )
+        if schemes == 0:
+            raise DatabaseConfigError(
+                f"{REPLICA_URLS_ENV} (URL {number}) is no URL of its own; {_SEPARATE}, so "
+                "URL-encode a space or comma in a password (%20, %2C)"
+            )
     return [
         parse_url(part, f"{REPLICA_URLS_ENV} (URL {number})")
         for number, part in enumerate(parts, start=1)
@@ -235,16 +254,47 @@ def _refused_options(context: ExceptionContext) -> None:
         raise DatabaseConfigError(REFUSED_OPTIONS_ADVICE) from None
 
 
+class NotAReplicaError(OperationalError):
+    """The server behind a replica URL is out of recovery: a promoted replica, or a primary."""
+
+
+NOT_A_REPLICA = (
+    "the server is no longer in recovery (promoted, or a primary behind a replica URL); point "
+    f"{REPLICA_URLS_ENV} at the current replicas"
+)
+
+
+def _refuse_a_primary(_: Any, record: ConnectionPoolEntry, __: Any) -> None:
+    """A pool ``checkout`` listener: refuse a connection whose server is not in recovery.
+
+    PostgreSQL 14+ reports ``in_hot_standby`` when a connection opens, and again after the first
+    statement once the server is promoted (here, the pool's pre-ping): reading it costs no round
+    trip. A server or pooler that reports nothing is taken for a replica.
+    """
+    connection = record.driver_connection  # psycopg's or psycopg2's, also under the async engine
+    if connection is not None and connection.info.parameter_status("in_hot_standby") == "off":
+        raise NotAReplicaError(None, None, Exception(NOT_A_REPLICA))
+
+
 class ReadReplicas:
-    """The replica engines of one primary, taken in turn; one that fails to connect is skipped,
-    with a log line, for ``retry_after`` seconds."""
+    """The replica engines of one primary, taken in turn.
+
+    A replica that fails to connect, or whose server is out of recovery (checked at each checkout
+    of its connections, without a round trip), is out: skipped, and tried again after
+    ``retry_after`` seconds. Each outage gets one log line, however many reads meet it, and one
+    more when a read reaches the replica again.
+    """
 
     def __init__(self, engines: Sequence[Engine], retry_after: float = REPLICA_RETRY_SECONDS):
         self.engines = tuple(engines)
         self.retry_after = retry_after
         self._turn = itertools.count()
         self._skipped_until: dict[Engine, float] = {}
+        self._out: set[Engine] = set()
         self._lock = threading.Lock()
+        for engine in self.engines:
+            # Listening twice with the same function keeps one listener: engines may be shared.
+            event.listen(engine, "checkout", _refuse_a_primary)
 
     def in_turn(self, first: Engine | None = None) -> list[Engine]:
         """The replicas not being skipped: ``first``, then from the next one's turn."""
@@ -259,16 +309,31 @@ class ReadReplicas:
             return [engine for engine in ordered if self._skipped_until.get(engine, 0.0) <= now]
 
     def skip(self, engine: Engine, error: OperationalError) -> None:
-        """Leave ``engine`` out for ``retry_after`` seconds, saying why in one line."""
+        """Leave ``engine`` out for ``retry_after`` seconds; if it was in, say why in one line."""
         with self._lock:
             self._skipped_until[engine] = time.monotonic() + self.retry_after
+            if engine in self._out:
+                return
+            self._out.add(engine)
         reason = scrub(str(error.orig).strip().splitlines()[0], engine.url)
         logger.warning(
-            "Read replica %s skipped for %gs, its reads go elsewhere: %s",
+            "Read replica %s is out, its reads go elsewhere until it is back "
+            "(tried again after %gs): %s",
             display(engine.url),
             self.retry_after,
             reason,
         )
+
+    def reached(self, engine: Engine) -> None:
+        """Note that a read reached ``engine``; if it was out, say that it is back."""
+        if engine not in self._out:  # the usual case, decided without the lock
+            return
+        with self._lock:
+            if engine not in self._out:
+                return
+            self._out.discard(engine)
+        # A warning like the line that said it was out, so that whoever sees one sees both.
+        logger.warning("Read replica %s is back: its reads go to it again", display(engine.url))
 
 
 class RoutingSession(Session):
@@ -321,6 +386,7 @@ class RoutingSession(Session):
             except OperationalError as error:
                 self.replicas.skip(replica, error)
             else:
+                self.replicas.reached(replica)
                 self.replica = replica
                 return replica
         return primary

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 from pgvector.sqlalchemy import VECTOR
@@ -30,17 +31,19 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import QueuePool
 
 from pgvector_base.aio import AsyncVectorSearch
-from pgvector_base.database import DatabaseConfigError
+from pgvector_base.database import DatabaseConfigError, display
 from pgvector_base.search import SearchSettings, VectorSearch
 from pgvector_base.session import (
     READ_REPLICA,
     REPLICA_URLS_ENV,
     EngineSettings,
+    ReadReplicas,
     async_session_factory,
     create_app_engine,
     create_async_app_engine,
@@ -405,8 +408,17 @@ def test_async_vector_searches_run_on_the_replica_with_their_settings(
     asyncio.run(main())
 
 
-def skip_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+def replica_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == SKIPPED]
+
+
+def out_and_back(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+    """The routing's lines saying a replica is out, and those saying it is back."""
+    lines = replica_lines(caplog)
+    out = [line for line in lines if "its reads go elsewhere" in line]
+    back = [line for line in lines if " is back: " in line]
+    assert sorted(out + back) == sorted(lines)
+    return out, back
 
 
 def test_a_replica_that_stops_is_skipped_in_one_line_and_no_request_fails(
@@ -416,7 +428,8 @@ def test_a_replica_that_stops_is_skipped_in_one_line_and_no_request_fails(
     replica_url = cluster.url(harness.REPLICA_PORT, password=PASSWORD)
     primary = create_app_engine(cluster.primary)
     (replica,) = create_replica_engines([replica_url])
-    sessions = session_factory(primary, [replica])
+    # retry_after=0: every request tries the replica again, and fails while it is down.
+    sessions = session_factory(primary, [replica], retry_after=0)
 
     def request(n: int) -> bool:
         """One search; whether the replica served it."""
@@ -432,17 +445,45 @@ def test_a_replica_that_stops_is_skipped_in_one_line_and_no_request_fails(
             assert replica.pool.checkedin() > 1  # idle connections to the replica
             cluster.stop_replica()  # ends them, as a failover or a restart would
             assert not any(threads.map(request, range(40)))
-        lines = skip_lines(caplog)
-        assert 1 <= len(lines) <= 4  # once per thread that tried it at most, not per request
-        for line in lines:
+            out, back = out_and_back(caplog)
+            (line,) = out  # one line for the outage, not one per request or thread
+            assert back == []
             assert "\n" not in line
             assert "postgres:***@" in line
             assert PASSWORD not in line
+            cluster.start_replica()
+            assert all(threads.map(request, range(40)))
+        out, back = out_and_back(caplog)
+        assert len(out) == 1
+        assert back == [f"Read replica {display(replica.url)} is back: its reads go to it again"]
     finally:
         cluster.start_replica()
-    # A factory whose replica is not being skipped finds it back through the same engine.
-    assert session_factory(primary, [replica])().execute(search(QUERIES[0])).first()[1]  # type: ignore[index]
-    primary.dispose()
+        primary.dispose()
+        replica.dispose()
+
+
+def test_the_skip_line_masks_a_password_the_driver_message_quotes(
+    cluster: harness.Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A driver message that contains the replica's password (here: a database named like it,
+    which the server quotes) is logged with it masked, in each of the password's spellings."""
+    caplog.set_level(logging.WARNING, logger=SKIPPED)
+    password = "pw with space+&"
+    spellings = [password, quote(password, safe=""), quote_plus(password)]
+    (replica,) = create_replica_engines([cluster.url(harness.REPLICA_PORT, password=password)])
+    for database in spellings:
+        mistyped = create_engine(cluster.replica.set(database=database))
+        with pytest.raises(OperationalError) as refused:
+            mistyped.connect()
+        mistyped.dispose()
+        assert database in str(refused.value.orig)  # the server quotes it
+        ReadReplicas([replica]).skip(replica, refused.value)
+    lines = replica_lines(caplog)
+    assert len(lines) == len(spellings)
+    for line in lines:
+        assert f"Read replica {display(replica.url)} " in line
+        assert 'database "***" does not exist' in line
+        assert not any(spelling in line for spelling in spellings)
     replica.dispose()
 
 
@@ -466,9 +507,10 @@ def test_async_reads_survive_a_replica_that_stops(
             assert all(await asyncio.gather(*(request(n) for n in range(16))))
             await asyncio.to_thread(cluster.stop_replica)
             assert not any(await asyncio.gather(*(request(n) for n in range(16))))
+            assert [len(lines) for lines in out_and_back(caplog)] == [1, 0]
             await asyncio.to_thread(cluster.start_replica)
             # retry_after=0: the next read tries the replica again, and finds it.
-            assert await request(0)
+            assert all(await asyncio.gather(*(request(n) for n in range(16))))
         finally:
             await primary.dispose()
             for engine in replicas:
@@ -478,7 +520,7 @@ def test_async_reads_survive_a_replica_that_stops(
         asyncio.run(main())
     finally:
         cluster.start_replica()
-    assert skip_lines(caplog)
+    assert [len(lines) for lines in out_and_back(caplog)] == [1, 1]
 
 
 def test_replica_urls_come_from_the_environment_with_their_passwords_masked() -> None:
@@ -500,3 +542,48 @@ def test_replica_urls_come_from_the_environment_with_their_passwords_masked() ->
         assert message in str(refused.value)
         assert PASSWORD not in str(refused.value)
         assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("separator", [",", " , ", "\n", "\n\n", ",\n", " ", "\t"], ids=repr)
+def test_replica_urls_are_separated_by_commas_or_whitespace(separator: str) -> None:
+    # A YAML block scalar (DATABASE_REPLICA_URLS: |) gives one URL a line, and a final newline.
+    raw = f"postgresql://app:{PASSWORD}@r1/app{separator}postgres://app:x@r2:6432/app\n"
+    urls = replica_urls({REPLICA_URLS_ENV: raw})
+    assert [(url.host, url.port, url.password) for url in urls] == [
+        ("r1", None, PASSWORD),
+        ("r2", 6432, "x"),
+    ]
+
+
+SEPARATORS = "separate the URLs with commas, spaces or newlines"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            f"postgresql://app:{PASSWORD}@r1/app;postgresql://app:{PASSWORD}@r2/app",
+            f"{REPLICA_URLS_ENV} (URL 1) holds more than one URL; {SEPARATORS}",
+            id="semicolon",
+        ),
+        pytest.param(
+            f"postgresql://r1/app,postgresql://app:{PASSWORD}@r2/app|postgresql://r3/app",
+            f"{REPLICA_URLS_ENV} (URL 2) holds more than one URL; {SEPARATORS}",
+            id="pipe",
+        ),
+        pytest.param(
+            "postgresql://app:Quokka7 Wombat9@r1/app",
+            f"{REPLICA_URLS_ENV} (URL 2) is no URL of its own; {SEPARATORS}, "
+            "so URL-encode a space or comma in a password (%20, %2C)",
+            id="raw space in a password",
+        ),
+    ],
+)
+def test_replica_urls_joined_otherwise_are_refused_saying_what_separates_them(
+    raw: str, message: str
+) -> None:
+    with pytest.raises(DatabaseConfigError) as refused:
+        replica_urls({REPLICA_URLS_ENV: raw})
+    assert str(refused.value) == message
+    for secret in (PASSWORD, "Quokka7", "Wombat9"):
+        assert secret not in str(refused.value)
