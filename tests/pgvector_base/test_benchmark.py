@@ -67,7 +67,7 @@ EXPECTED = {
     ],
     "quantized": [
         "| vector HNSW |",
-        "| halfvec expression HNSW |",
+        "| halfvec expression HNSW, 2x re-ranked |",
         "| binary quantization HNSW, 8x re-ranked |",
         "| halfvec index size over the vector index's |",
     ],
