@@ -253,10 +253,13 @@ def test_ef_search_is_raised_to_the_candidates_unless_the_settings_give_one(engi
                 SearchSettings(oversampling=8, ef_search=30),
             ):
                 found[BITS].nearest_keys(session, QUERIES[0], K, settings=settings)
+            # What configure() set stays when it is above the candidates: it is never lowered.
+            found[BITS].configure(session, SearchSettings(ef_search=200))
+            found[BITS].nearest_keys(session, QUERIES[0], K)
     finally:
         event.remove(engine, "after_cursor_execute", after)
     defaults = [str(max(40, K * DEFAULT_OVERSAMPLING[kind])) for kind in ("halfvec", "binary")]
-    assert seen == [*defaults, "40", "80", "30"]
+    assert seen == [*defaults, "40", "80", "30", "200"]
 
 
 def test_oversampling_is_refused_for_a_whole_column_index() -> None:

@@ -39,7 +39,7 @@ from pgvector_base.search.query import (
     checked_k,
     query_type,
 )
-from pgvector_base.search.settings import SearchSettings
+from pgvector_base.search.settings import SearchSettings, local_settings
 from pgvector_base.session import READ_REPLICA, set_local
 
 ModelT = TypeVar("ModelT")
@@ -260,26 +260,26 @@ class VectorSearch(Generic[ModelT]):
         that the settings reach the server that runs it.
         """
         if isinstance(self.index, QuantizedIndex):
-            index_settings = quantized.index_settings(
+            index_settings = quantized.settings_statement(
                 self.index, settings, parameters["candidates"]
             )
         else:
-            index_settings = settings.parameters(self.index) if settings else {}
+            index_settings = local_settings(settings.parameters(self.index) if settings else {})
         # Before the connection is picked, as session.execute does: a routing session with
         # pending changes then counts as having written, and reads from the primary.
         if session.autoflush:
             session.flush()
-        if not (index_settings or core):
+        if index_settings is None and not core:
             return session.execute(statement, parameters).all()
         connection = session.connection(bind_arguments={"clause": statement})
-        if not index_settings:
+        if index_settings is None:
             return connection.execute(statement, parameters).all()
         # The connection's savepoint, not session.begin_nested(), which would flush even a
         # session that does not autoflush; nothing is left to flush inside it, so rolling it
         # back undoes nothing but the settings.
         savepoint = connection.begin_nested()
         try:
-            set_local(connection, index_settings)
+            connection.execute(index_settings)
             if core:
                 return connection.execute(statement, parameters).all()
             with session.no_autoflush:

@@ -17,7 +17,7 @@ The inner ``ORDER BY`` repeats the index's expression, so that the planner serve
 the ``WHERE`` conditions go inside, on the table. The query is sent once, as the column's type,
 and cast on the server to what the index compares. HNSW returns at most ``hnsw.ef_search`` rows,
 so unless the settings give one, ``ef_search`` is raised to the number of candidates when that is
-above HNSW's default of 40.
+above HNSW's default of 40 and above the session's own value.
 """
 
 from __future__ import annotations
@@ -27,7 +27,17 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from pgvector.sqlalchemy import HALFVEC
-from sqlalchemy import ColumnElement, Float, Integer, Select, bindparam, func, inspect, select
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    Text,
+    bindparam,
+    func,
+    inspect,
+    select,
+)
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import InstrumentedAttribute, aliased, defer
 
@@ -128,16 +138,21 @@ def candidates(k: int, settings: SearchSettings | None, index: QuantizedIndex) -
     return min(k * oversampling, INT4_MAX)
 
 
-def index_settings(
+def settings_statement(
     index: QuantizedIndex, settings: SearchSettings | None, wanted: int
-) -> dict[str, str]:
-    """``settings`` for a scan of ``index``, with ``hnsw.ef_search`` raised to cover ``wanted``
-    candidates when the settings leave it to HNSW's default."""
+) -> Select[Any] | None:
+    """The statement that applies ``settings`` for a scan of ``index`` until the transaction
+    ends, and, when they leave ``hnsw.ef_search`` alone, raises it to ``wanted`` candidates
+    where it is lower (never lowering what the server or :meth:`VectorSearch.configure` set)."""
     parameters = settings.parameters(index) if settings else {}
+    calls = [func.set_config(name, value, True) for name, value in parameters.items()]
     if (
         index.method == "hnsw"
         and "hnsw.ef_search" not in parameters
         and wanted > HNSW_DEFAULT_EF_SEARCH
     ):
-        parameters["hnsw.ef_search"] = str(min(wanted, HNSW_MAX_EF_SEARCH))
-    return parameters
+        # NULL (missing_ok) before pgvector's library is loaded: greatest() ignores it.
+        current = sql_cast(func.current_setting("hnsw.ef_search", True), Integer)
+        at_least = func.greatest(current, min(wanted, HNSW_MAX_EF_SEARCH))
+        calls.append(func.set_config("hnsw.ef_search", sql_cast(at_least, Text), True))
+    return select(*calls) if calls else None
