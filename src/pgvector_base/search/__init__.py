@@ -6,6 +6,7 @@ One concern per module, each reusable by another kind of search:
 - :mod:`~pgvector_base.search.query`: query vectors checked and encoded as the column's type;
 - :mod:`~pgvector_base.search.settings`: index settings, checked against pgvector's ranges;
 - :mod:`~pgvector_base.search.nearest`: :class:`VectorSearch`, the k nearest rows;
+- :mod:`~pgvector_base.search.quantized`: searches through a quantized index, re-ranked;
 - :mod:`~pgvector_base.search.recall`: approximate against exact recall@k on stored rows.
 
 Everything public is importable from here, as ``from pgvector_base.search import VectorSearch``.
@@ -16,7 +17,9 @@ from pgvector_base.search.indexes import (
     VECTOR_INDEX_METHODS,
     Distance,
     NoIndexError,
+    QuantizedIndex,
     VectorIndex,
+    quantized_indexes,
     vector_indexes,
 )
 from pgvector_base.search.nearest import ModelT, Neighbor, VectorSearch
@@ -44,6 +47,7 @@ __all__ = [
     "ModelT",
     "Neighbor",
     "NoIndexError",
+    "QuantizedIndex",
     "QueryVector",
     "QueryVectorType",
     "RecallReport",
@@ -51,5 +55,6 @@ __all__ = [
     "VectorIndex",
     "VectorSearch",
     "measure_recall",
+    "quantized_indexes",
     "vector_indexes",
 ]

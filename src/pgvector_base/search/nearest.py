@@ -4,7 +4,8 @@ Anything but ``ORDER BY column <op> :query LIMIT k`` in ascending order (orderin
 ``1 - distance`` or ``DESC``, or by a different distance) is still valid SQL, so PostgreSQL
 answers it with an exact scan of the whole table instead. :class:`VectorSearch` therefore takes
 the operator from the index declared on the model (:mod:`pgvector_base.search.indexes`) and
-refuses a distance that no index serves; similarity is computed in the select list only.
+refuses a distance that no index serves; similarity is computed in the select list only. Searches
+through a quantized index take another shape, built in :mod:`pgvector_base.search.quantized`.
 
 Nothing is prepared on the server (see :class:`~pgvector_base.session.EngineSettings`), so
 searches are correct through a transaction-mode pooler. Settings passed to one search are set
@@ -62,8 +63,11 @@ class VectorSearch(Generic[ModelT]):
     """k-nearest-neighbour queries on one vector column of one model, served by its index.
 
     ``VectorSearch(Product, Product.embedding)`` uses the index declared on ``Product.embedding``;
-    pass ``distance`` to pick among several indexes. Construction fails with :class:`NoIndexError`
-    when no declared index serves the distance, rather than letting every query scan the table.
+    pass ``distance`` to pick among several indexes, or ``index`` to name one. A quantized index
+    (a ``halfvec`` cast or a binary quantization of the column) serves its searches when the
+    column has no index of its own, re-ranked by ``distance`` on the full vector
+    (:mod:`~pgvector_base.search.quantized`). Construction fails with :class:`NoIndexError` when no
+    declared index serves the distance, rather than letting every query scan the table.
     """
 
     def __init__(
