@@ -25,6 +25,8 @@ per part:
   request through :class:`~pgvector_base.aio.AsyncVectorSearch`, against pgbench;
 * prepared (:mod:`.prepared`): server-side prepared statements off and on, in the
   session-per-request pattern;
+* hybrid (:mod:`.hybrid`, :mod:`.datasets`): :class:`~pgvector_base.search.HybridSearch` beside
+  ``VectorSearch`` on a table of short documents with GloVe word vectors (or synthetic ones);
 * replica (:mod:`.replica`, :mod:`.cluster`): searches marked as replica reads on a primary alone
   and routed to its streaming replica, on 20,000 rows;
 * startup (:mod:`.startup`): ``alembic current`` in the template against stock Alembic's;

@@ -216,6 +216,7 @@ def markdown(results: Results, *, charts: list[str]) -> str:
                 for p in results.prepared
             ),
         ]
+    lines += hybrid_table(results)
     if results.scaling:
         lines += [
             "",
@@ -302,6 +303,29 @@ def queries_tables(results: Results) -> list[str]:
             ),
         ]
     return lines
+
+
+def hybrid_table(results: Results) -> list[str]:
+    """Hybrid search's p50 beside the vector-only search's, on the data it ran on."""
+    run = results.hybrid
+    if run is None:
+        return []
+    return [
+        "",
+        f"| Hybrid search, {run.rows:,} documents, k = {results.k} (HNSW, GIN) | p50 ms "
+        "| / vector-only p50 |",
+        "|---|--:|--:|",
+        *(
+            f"| {h.method} | {h.p50_ms.show()} | "
+            + ("" if h.over_vector is None else h.over_vector.show())
+            + " |"
+            for h in run.latencies
+        ),
+        "",
+        f"Data: {run.data}. A query is two words, either to match (median: {run.matches:,.0f} "
+        "documents match), and their mean vector; a depth of 40 is one round trip, a depth of "
+        "100 sets ef_search = 100 in a savepoint.",
+    ]
 
 
 def throughput_table(title: str, rows: list[Throughput]) -> list[str]:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from pgvector_base.aio import AsyncVectorSearch
 from pgvector_base.database import DATABASE_URL_ENV
 from pgvector_base.loading import load
-from pgvector_base.search import Distance, NoIndexError, SearchSettings, VectorSearch
+from pgvector_base.search import Distance, HybridSearch, NoIndexError, SearchSettings, VectorSearch
 from pgvector_base.search.indexes import QuantizedIndex
 from pgvector_base.search.quantized import DEFAULT_OVERSAMPLING
 from pgvector_base.search.recall import main as recall_command
@@ -332,3 +332,9 @@ def test_the_recall_command_measures_a_quantized_index(
     )
     assert recall_command(arguments) == 1
     assert "pass distance=" in capsys.readouterr().err
+
+
+def test_hybrid_search_refuses_a_column_with_only_a_quantized_index() -> None:
+    """Its vector leg orders by the whole column, which a quantized index does not serve."""
+    with pytest.raises(NoIndexError, match="has only a quantized index"):
+        HybridSearch(Doc, Doc.embedding)

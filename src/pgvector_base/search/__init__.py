@@ -7,11 +7,13 @@ One concern per module, each reusable by another kind of search:
 - :mod:`~pgvector_base.search.settings`: index settings, checked against pgvector's ranges;
 - :mod:`~pgvector_base.search.nearest`: :class:`VectorSearch`, the k nearest rows;
 - :mod:`~pgvector_base.search.quantized`: searches through a quantized index, re-ranked;
+- :mod:`~pgvector_base.search.hybrid`: :class:`HybridSearch`, vector and full text fused by rank;
 - :mod:`~pgvector_base.search.recall`: approximate against exact recall@k on stored rows.
 
 Everything public is importable from here, as ``from pgvector_base.search import VectorSearch``.
 """
 
+from pgvector_base.search.hybrid import HybridHit, HybridSearch, TextIndex, text_indexes
 from pgvector_base.search.indexes import (
     OPERATOR_CLASS_DISTANCES,
     VECTOR_INDEX_METHODS,
@@ -43,6 +45,8 @@ __all__ = [
     "SETTING_RANGES",
     "VECTOR_INDEX_METHODS",
     "Distance",
+    "HybridHit",
+    "HybridSearch",
     "IterativeScan",
     "ModelT",
     "Neighbor",
@@ -52,9 +56,11 @@ __all__ = [
     "QueryVectorType",
     "RecallReport",
     "SearchSettings",
+    "TextIndex",
     "VectorIndex",
     "VectorSearch",
     "measure_recall",
     "quantized_indexes",
+    "text_indexes",
     "vector_indexes",
 ]

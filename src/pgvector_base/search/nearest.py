@@ -232,6 +232,19 @@ class VectorSearch(Generic[ModelT]):
             session.flush()
         set_local(session.connection(bind_arguments={"clause": self._select}), parameters)
 
+    def execute(
+        self,
+        session: Session,
+        statement: Select[Any],
+        parameters: dict[str, Any],
+        settings: SearchSettings | None = None,
+    ) -> Sequence[Any]:
+        """The rows of ``statement``, another search built on this one's index (a
+        :class:`~pgvector_base.search.hybrid.HybridSearch`'s), run as this search runs its own:
+        pending changes flushed, on the connection the session's routing picks, ``settings``
+        for that statement alone."""
+        return self._rows(session, statement, parameters, settings, core=False)
+
     def _run(
         self,
         session: Session,
