@@ -227,7 +227,7 @@ def measure_apart(
     if "startup" in parts:
         results.startup = measure_startup(url, args.repeats)
     if "quantized" in parts:
-        results.quantized = measure_quantized(
+        results.quantized, results.quantized_missing = measure_quantized(
             engine,
             app,
             rows=args.rows,

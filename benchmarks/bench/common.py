@@ -226,8 +226,9 @@ class Scale:
 
 @dataclass(frozen=True)
 class Quantized:
-    """One index kind (and oversampling): its size, build time, p50 and recall."""
+    """One index kind (and oversampling) on one data set: its size, build time, p50 and recall."""
 
+    data: str
     kind: str
     index: str
     oversampling: int | None
@@ -287,6 +288,7 @@ class Results:
     hybrid: HybridRun | None = None
     scaling: list[Scale] = field(default_factory=list)
     quantized: list[Quantized] = field(default_factory=list)
+    quantized_missing: str = ""
     startup: list[Startup] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
 

@@ -1,6 +1,7 @@
 """Quantized indexes side by side: the ``vector`` HNSW index, a ``halfvec`` expression HNSW index
 re-ranked at 1, 2 and 4 times oversampling, and a binary-quantization HNSW index re-ranked at 2, 4
-and 8 times (pgvector's README, "Scaling"), on the benchmark's synthetic set.
+and 8 times (pgvector's README, "Scaling"), on the benchmark's synthetic set and, when its package
+is installed, on as many GloVe 6B 50d word vectors (:mod:`.datasets`).
 
 Each index is built on its own, the kinds taking turns, and measured for its size, its build time
 (BuildSettings(), as the loader builds), the p50 of ``VectorSearch.nearest_keys`` through it at
@@ -14,9 +15,11 @@ import time
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from benchmarks.bench.common import Quantized, Spread, checkpoint, embeddings, in_turn
+from benchmarks.bench.datasets import GLOVE_WORDS, glove
 from pgvector.sqlalchemy import BIT, HALFVEC, VECTOR
-from sqlalchemy import BigInteger, Engine, Index, Table, cast, func, text
+from sqlalchemy import BigInteger, Engine, Index, cast, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pgvector_base.loading import BuildSettings, copy_rows
@@ -37,12 +40,12 @@ KINDS = {
 }
 
 
-class QuantizedBase(DeclarativeBase):
-    """The part's own table, apart from the benchmark's ``item``."""
-
-
 def quantized_model(dim: int) -> tuple[type[Any], dict[str, Index]]:
-    """The mapped table with ``dim`` dimensions, and its three indexes by name (not created)."""
+    """The mapped table with ``dim`` dimensions (in metadata of its own, apart from the
+    benchmark's ``item``), and its three indexes by name (not created)."""
+
+    class QuantizedBase(DeclarativeBase):
+        pass
 
     class QuantizedItem(QuantizedBase):
         __tablename__ = TABLE
@@ -83,13 +86,43 @@ def measure_quantized(
     k: int,
     repeats: int,
     seed: int,
+) -> tuple[list[Quantized], str]:
+    """:func:`measure_data` on the synthetic set (``rows`` x ``dim``) and on as many GloVe 6B 50d
+    word vectors, when its package is installed; and why not, when it is not."""
+    rng = np.random.default_rng(seed)
+    synthetic = f"synthetic, {rows:,} x {dim}"
+    found, missing = glove(min(rows, GLOVE_WORDS))
+    data = [(synthetic, embeddings(rng, rows, dim))]
+    if found is not None:
+        data.append((found.source, found.vectors))
+    measured = [
+        figure
+        for name, vectors in data
+        for figure in measure_data(
+            engine, app, name, vectors, queries=queries, k=k, repeats=repeats, seed=seed
+        )
+    ]
+    return measured, missing
+
+
+def measure_data(
+    engine: Engine,
+    app: Engine,
+    data: str,
+    vectors: npt.NDArray[np.float32],
+    *,
+    queries: int,
+    k: int,
+    repeats: int,
+    seed: int,
 ) -> list[Quantized]:
-    """Per index kind (and oversampling, for binary quantization): index size, build seconds,
-    p50 of ``nearest_keys`` at the default ef_search, and recall@``k`` over ``queries`` stored
-    rows. Each round builds every index in turn, alone on the table, and measures it."""
+    """Per index kind (and oversampling, for the quantized ones) on ``vectors``: index size,
+    build seconds, p50 of ``nearest_keys`` at the default ef_search, and recall@``k`` over
+    ``queries`` stored rows. Each round builds every index in turn, alone on the table, and
+    measures it."""
+    rows, dim = vectors.shape
     model, indexes = quantized_model(dim)
-    table = QuantizedBase.metadata.tables[TABLE]
-    vectors = embeddings(np.random.default_rng(seed), rows, dim)
+    table = model.__table__
     with engine.begin() as connection:
         table.drop(connection, checkfirst=True)
         table.create(connection)
@@ -123,7 +156,7 @@ def measure_quantized(
     try:
         for repeat in range(repeats):
             for name, index in in_turn(indexes, repeat):
-                build_seconds[name].append(build(engine, table, index))
+                build_seconds[name].append(build(engine, index))
                 with engine.connect() as connection:
                     sizes[name] = int(
                         connection.scalar(text(f"SELECT pg_relation_size('{name}')")) or 0
@@ -144,6 +177,7 @@ def measure_quantized(
             table.drop(connection)
     return [
         Quantized(
+            data,
             label,
             index_name,
             settings.oversampling if settings else None,
@@ -156,7 +190,7 @@ def measure_quantized(
     ]
 
 
-def build(engine: Engine, table: Table, index: Index) -> float:
+def build(engine: Engine, index: Index) -> float:
     """Seconds to build ``index`` with BuildSettings(), after a checkpoint."""
     checkpoint(engine)
     with engine.begin() as connection:

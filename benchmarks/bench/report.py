@@ -10,6 +10,7 @@ from benchmarks.bench.build import BUILD_ALEMBIC
 from benchmarks.bench.common import (
     DEFAULT_EF_SEARCH,
     Goal,
+    Quantized,
     Queries,
     Results,
     Spread,
@@ -92,21 +93,23 @@ def goals(results: Results) -> list[Goal]:
         for step in results.startup
         if step.command == TEMPLATE
     ]
-    vectors = [q for q in results.quantized if q.index == VECTOR_INDEX]
-    halves = [q for q in results.quantized if q.index == HALFVEC_INDEX]
-    if vectors and halves:
+    for data, figures in by_data(results.quantized).items():
+        vector = next(q for q in figures if q.index == VECTOR_INDEX)
         # At the template's default oversampling, as a search gets it.
-        vector = vectors[0]
-        half = next(q for q in halves if q.oversampling == DEFAULT_OVERSAMPLING["halfvec"])
+        half = next(
+            q
+            for q in figures
+            if q.index == HALFVEC_INDEX and q.oversampling == DEFAULT_OVERSAMPLING["halfvec"]
+        )
         found += [
             Goal(
-                "halfvec index size over the vector index's",
+                f"halfvec index size over the vector index's ({data})",
                 single(half.index_mb / vector.index_mb),
                 0.55,
                 at_most=True,
             ),
             Goal(
-                f"halfvec recall@{results.k} minus the vector index's",
+                f"halfvec recall@{results.k} minus the vector index's ({data})",
                 single(half.recall - vector.recall),
                 -0.01,
             ),
@@ -231,31 +234,7 @@ def markdown(results: Results, *, charts: list[str]) -> str:
                 for s in results.scaling
             ),
         ]
-    if results.quantized:
-        vector_mb = next(q.index_mb for q in results.quantized if q.index == VECTOR_INDEX)
-        sample = min(results.queries, results.rows)
-        lines += [
-            "",
-            f"| Quantized index (recall by measure_recall over {sample} stored rows) "
-            "| Index MB | / vector's | Build s | nearest_keys() p50 ms (ef_search "
-            f"= {DEFAULT_EF_SEARCH}) | Recall@{results.k} |",
-            "|---|--:|--:|--:|--:|--:|",
-            *(
-                f"| {q.kind} | {q.index_mb:,.1f} | {q.index_mb / vector_mb:.2f} | "
-                f"{q.build_seconds.show(1)} | {q.p50_ms.show()} | {q.recall:.3f} |"
-                for q in results.quantized
-            ),
-            "",
-        ]
-        for index in (HALFVEC_INDEX, BINARY_INDEX):
-            tried = [q for q in results.quantized if q.index == index]
-            smallest = smallest_oversampling(results.quantized, index)
-            lines.append(
-                f"{KINDS[index]} reaches recall@{results.k} >= 0.95 from {smallest}x oversampling."
-                if smallest
-                else f"{KINDS[index]} stays below recall@{results.k} 0.95: {tried[-1].recall:.3f} "
-                f"at {tried[-1].oversampling}x, the largest tried."
-            )
+    lines += quantized_table(results)
     if results.startup:
         lines += [
             "",
@@ -457,6 +436,47 @@ def draw_charts(results: Results, directory: Path) -> list[str]:
     return written
 
 
+def by_data(figures: list[Quantized]) -> dict[str, list[Quantized]]:
+    """The quantized part's figures by data set, in the order measured."""
+    grouped: dict[str, list[Quantized]] = {}
+    for figure in figures:
+        grouped.setdefault(figure.data, []).append(figure)
+    return grouped
+
+
+def quantized_table(results: Results) -> list[str]:
+    """The quantized part: a table per data set, and the oversampling each kind needs."""
+    lines: list[str] = []
+    sample = min(results.queries, results.rows)
+    for data, figures in by_data(results.quantized).items():
+        vector_mb = next(q.index_mb for q in figures if q.index == VECTOR_INDEX)
+        lines += [
+            "",
+            f"| Quantized index, {data} (recall by measure_recall over {sample} stored rows) "
+            "| Index MB | / vector's | Build s | nearest_keys() p50 ms (ef_search "
+            f"= {DEFAULT_EF_SEARCH}) | Recall@{results.k} |",
+            "|---|--:|--:|--:|--:|--:|",
+            *(
+                f"| {q.kind} | {q.index_mb:,.1f} | {q.index_mb / vector_mb:.2f} | "
+                f"{q.build_seconds.show(1)} | {q.p50_ms.show()} | {q.recall:.3f} |"
+                for q in figures
+            ),
+            "",
+        ]
+        for index in (HALFVEC_INDEX, BINARY_INDEX):
+            tried = [q for q in figures if q.index == index]
+            smallest = smallest_oversampling(figures, index)
+            lines.append(
+                f"{KINDS[index]} reaches recall@{results.k} >= 0.95 from {smallest}x oversampling."
+                if smallest
+                else f"{KINDS[index]} stays below recall@{results.k} 0.95: {tried[-1].recall:.3f} "
+                f"at {tried[-1].oversampling}x, the largest tried."
+            )
+    if results.quantized_missing:
+        lines += ["", f"No real vectors: {results.quantized_missing}."]
+    return lines
+
+
 def point_label(queries: Queries) -> str:
     """A point's short name: "exact", the ef_search or the iterative scan mode."""
     if "=" not in queries.method:
@@ -470,22 +490,28 @@ def draw_size_against_recall(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt  # after draw_charts chose the Agg backend
 
     figure, axes = plt.subplots(figsize=(8, 5), layout="constrained")
-    for q in results.quantized:
-        axes.plot(q.index_mb, q.recall, marker="o", linestyle="")
-        axes.annotate(
-            q.kind,
-            (q.index_mb, q.recall),
-            textcoords="offset points",
-            xytext=(6, -4),
-            fontsize=8,
+    for (data, figures), marker in zip(by_data(results.quantized).items(), "os", strict=False):
+        axes.plot(
+            [q.index_mb for q in figures],
+            [q.recall for q in figures],
+            marker=marker,
+            linestyle="",
+            label=data.split(" (")[0],  # without the package's name and version
         )
+        # The halfvec points coincide (the same index, the same recall): one label for them.
+        labels = {
+            (q.index_mb, q.recall): (
+                f"binary {q.oversampling}x" if q.index == BINARY_INDEX else q.index.split("_")[-1]
+            )
+            for q in reversed(figures)
+        }
+        for point, label in labels.items():
+            axes.annotate(label, point, textcoords="offset points", xytext=(6, -4), fontsize=8)
     axes.set_xlim(left=0)
     axes.set_xlabel("index size, MB")
     axes.set_ylabel(f"recall@{results.k} (measure_recall)")
-    axes.set_title(
-        f"Index size against recall, ef_search = {DEFAULT_EF_SEARCH}: "
-        f"{results.rows:,} rows x {results.dim}, k = {results.k}"
-    )
+    axes.set_title(f"Index size against recall, ef_search = {DEFAULT_EF_SEARCH}, k = {results.k}")
     axes.grid(True, alpha=0.3)
+    axes.legend(loc="center right")
     figure.savefig(path, dpi=100)
     plt.close(figure)

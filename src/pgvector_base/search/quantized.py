@@ -49,8 +49,8 @@ from pgvector_base.session import READ_REPLICA
 DEFAULT_OVERSAMPLING: Mapping[Quantization, int] = MappingProxyType({"halfvec": 2, "binary": 8})
 """Candidates per result when the settings give no ``oversampling``, per quantization, from the
 benchmark's figures (docs/benchmark.md, "Quantized indexes"): binary quantization first reached
-recall@10 >= 0.95 at 8x on 384 dimensions (2x on 1,536); halfvec matched the vector index's recall
-from 2x on both (0.999 against 1.000 at 1x)."""
+recall@10 >= 0.95 at 8x on 384 dimensions (2x on 1,536; never on GloVe's 50); halfvec matched the
+vector index's recall from 2x on every data set (0.999 against 1.000 at 1x on 1,536)."""
 HNSW_DEFAULT_EF_SEARCH = 40
 HNSW_MAX_EF_SEARCH = 1000
 
