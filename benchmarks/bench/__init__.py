@@ -29,6 +29,9 @@ per part:
   ``VectorSearch`` on a table of short documents with GloVe word vectors (or synthetic ones);
 * replica (:mod:`.replica`, :mod:`.cluster`): searches marked as replica reads on a primary alone
   and routed to its streaming replica, on 20,000 rows;
+* backfill (:mod:`.backfill`): :func:`~pgvector_base.backfill.backfill` filling a new embedding
+  column with a free embed function, against the server's ``UPDATE ... FROM`` a table holding the
+  same vectors, batch for batch; and a reader's p99 during a backfill over before it;
 * startup (:mod:`.startup`): ``alembic current`` in the template against stock Alembic's;
 * quantized (:mod:`.quantized`): the vector HNSW index, a halfvec expression index and binary
   quantization re-ranked at 2, 4 and 8 times oversampling: size, build time, p50 and recall@k by

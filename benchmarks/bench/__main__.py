@@ -13,12 +13,14 @@ from pathlib import Path
 
 import benchmarks.bench
 from benchmarks.bench.async_throughput import measure_async_throughput
+from benchmarks.bench.backfill import measure_backfill
 from benchmarks.bench.build import measure_builds
 from benchmarks.bench.common import (
     INDEX,
     REPOSITORY_ROOT,
     RESULTS,
     BenchBase,
+    Data,
     Item,
     Results,
     build,
@@ -38,7 +40,7 @@ from benchmarks.bench.report import draw_charts, goals, markdown, serialized
 from benchmarks.bench.scaling import measure_scaling
 from benchmarks.bench.startup import measure_startup
 from benchmarks.bench.throughput import measure_throughput
-from sqlalchemy import Engine, Table, create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -56,12 +58,13 @@ PARTS = (
     "prepared",
     "hybrid",
     "replica",
+    "backfill",
     "startup",
     "quantized",
     "scaling",
 )
 # The parts that search the whole table, with its index.
-SEARCHES = {"build", "query", "async", "prepared"}
+SEARCHES = {"build", "query", "async", "prepared", "backfill"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,7 +203,20 @@ def run(url: URL, args: argparse.Namespace) -> Results:
                 repeats=args.repeats,
                 tasks=tasks,
             )
-        measure_apart(results, parts, engine, app, url=url, model=model, table=table, args=args)
+        application_parts(results, parts, url, engine, app, model=model, data=data, args=args)
+        if "scaling" in parts:
+            results.scaling = measure_scaling(
+                engine,
+                app,
+                model=model,
+                table=table,
+                rows=args.rows,
+                dim=args.dim,
+                queries=args.queries,
+                k=args.k,
+                repeats=args.repeats,
+                seed=args.seed,
+            )
     finally:
         app.dispose()
         engine.dispose()
@@ -211,38 +227,28 @@ def run(url: URL, args: argparse.Namespace) -> Results:
     return results
 
 
-def measure_apart(
+def application_parts(
     results: Results,
     parts: list[str],
+    url: URL,
     engine: Engine,
     app: Engine,
     *,
-    url: URL,
     model: type[Item],
-    table: Table,
+    data: Data,
     args: argparse.Namespace,
 ) -> None:
-    """The parts that need no loaded ``item``: start-up, quantized indexes (a table of their
-    own) and scaling, last, as it leaves other sizes in ``item``."""
+    """The backfill, start-up and quantized-index parts, as ``--only`` asks."""
+    if "backfill" in parts:
+        results.backfill = measure_backfill(
+            engine, app, model=model, data=data, repeats=args.repeats, duration=args.duration
+        )
     if "startup" in parts:
         results.startup = measure_startup(url, args.repeats)
     if "quantized" in parts:
         results.quantized, results.quantized_missing = measure_quantized(
             engine,
             app,
-            rows=args.rows,
-            dim=args.dim,
-            queries=args.queries,
-            k=args.k,
-            repeats=args.repeats,
-            seed=args.seed,
-        )
-    if "scaling" in parts:
-        results.scaling = measure_scaling(
-            engine,
-            app,
-            model=model,
-            table=table,
             rows=args.rows,
             dim=args.dim,
             queries=args.queries,

@@ -248,6 +248,17 @@ class Startup:
 
 
 @dataclass(frozen=True)
+class Refill:
+    """Filling a new embedding column one way: its rows per second, over the server's bound in
+    the same turn; or the reader's p99 ms during a backfill, over (``ratio``) its p99 before."""
+
+    method: str
+    value: Spread
+    ratio: Spread
+    before: Spread | None = None
+
+
+@dataclass(frozen=True)
 class Goal:
     """A goal of the issue: a figure measured in this run (the median of its turns, with their
     min and max), its target, and which side passes."""
@@ -290,6 +301,7 @@ class Results:
     quantized: list[Quantized] = field(default_factory=list)
     quantized_missing: str = ""
     startup: list[Startup] = field(default_factory=list)
+    backfill: list[Refill] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
 
 

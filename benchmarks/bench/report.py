@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench.backfill import BACKFILL, READER
 from benchmarks.bench.build import BUILD_ALEMBIC
 from benchmarks.bench.common import (
     DEFAULT_EF_SEARCH,
@@ -88,6 +89,12 @@ def goals(results: Results) -> list[Goal]:
         for t in results.async_throughput
         if t.clients == 4
     ]
+    refills = {refill.method: refill for refill in results.backfill}
+    if refills:
+        found += [
+            Goal("backfill rows/s over the server's UPDATE ... FROM", refills[BACKFILL].ratio, 0.7),
+            Goal("reader p99 during a backfill over before", refills[READER].ratio, 2, True),
+        ]
     found += [
         Goal(f"{step.command} over stock Alembic's", step.over_stock, 1.3, at_most=True)
         for step in results.startup
@@ -233,6 +240,19 @@ def markdown(results: Results, *, charts: list[str]) -> str:
                 f"{s.p50_ms.show()} | {s.recall:.3f} |"
                 for s in results.scaling
             ),
+        ]
+    if results.backfill:
+        *fills, reader = results.backfill
+        lines += [
+            "",
+            "| Filling a new embedding column | Rows/s | / server's UPDATE ... FROM |",
+            "|---|--:|--:|",
+            *(f"| {f.method} | {f.value.show(0)} | {f.ratio.show()} |" for f in fills),
+            "",
+            "| Reader during a backfill | before | during | during / before |",
+            "|---|--:|--:|--:|",
+            f"| {reader.method} | {reader.before.show() if reader.before else ''} "
+            f"| {reader.value.show()} | {reader.ratio.show()} |",
         ]
     lines += quantized_table(results)
     if results.startup:

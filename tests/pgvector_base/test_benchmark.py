@@ -68,6 +68,11 @@ EXPECTED = {
         "| nearest_keys | close |",
         "| nearest | commit |",
     ],
+    "backfill": [
+        "| backfill(), free embed function, batches of 500 |",
+        "| reader p99 ms, nearest_keys() on item |",
+        "| backfill rows/s over the server's UPDATE ... FROM |",
+    ],
     "startup": [
         "| alembic current: stock Alembic (alembic init's generic env.py) |",
         "over stock Alembic's |",
