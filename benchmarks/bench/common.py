@@ -170,6 +170,19 @@ class Throughput:
 
 
 @dataclass(frozen=True)
+class AsyncThroughput:
+    """N async tasks for a fixed time, one way: QPS, latency, and QPS over raw async psycopg's
+    and pgbench's (prepared) in the same turns."""
+
+    tasks: int
+    method: str
+    qps: Spread
+    ms: tuple[float, float, float]
+    over_psycopg: Spread
+    over_pgbench: Spread
+
+
+@dataclass(frozen=True)
 class Routing:
     """One figure of searches marked as replica reads, on the primary alone and routed to its
     streaming replica, and the replica's over the primary's, turn by turn."""
@@ -247,7 +260,7 @@ class Results:
     filtered: list[Queries] = field(default_factory=list)
     overhead: list[Overhead] = field(default_factory=list)
     throughput: list[Throughput] = field(default_factory=list)
-    async_throughput: list[Throughput] = field(default_factory=list)
+    async_throughput: list[AsyncThroughput] = field(default_factory=list)
     replica: list[Routing] = field(default_factory=list)
     prepared: list[Prepared] = field(default_factory=list)
     scaling: list[Scale] = field(default_factory=list)
