@@ -27,16 +27,18 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import select as sockets
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.engine import URL, Connection, ExceptionContext
-from sqlalchemy.exc import InvalidRequestError, OperationalError
+from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
+from sqlalchemy.exc import InvalidatePoolError, InvalidRequestError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -44,6 +46,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.dml import UpdateBase
 
@@ -165,7 +168,6 @@ def _engine_arguments(url: URL, settings: EngineSettings) -> tuple[URL, dict[str
     if settings.driver == "psycopg":
         connect_args["prepare_threshold"] = threshold
     return url.set(drivername=f"postgresql+{settings.driver}"), {
-        "pool_pre_ping": True,
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
         "pool_timeout": settings.pool_timeout,
@@ -177,8 +179,9 @@ def _engine_arguments(url: URL, settings: EngineSettings) -> tuple[URL, dict[str
 def create_app_engine(url: URL | None = None, settings: EngineSettings | None = None) -> Engine:
     """An engine for ``url`` (default: :func:`~pgvector_base.database.resolve_url`), web-app pool.
 
-    ``pool_pre_ping`` tests each connection as it is checked out, so a server restart or a dropped
-    connection costs one reconnect instead of a failed request. The URL's driver is replaced by
+    A connection is tested as it is checked out (:func:`_check_on_checkout`), so a server restart
+    or a connection the server ended costs one reconnect instead of a failed request. The URL's
+    driver is replaced by
     ``settings.driver``. A ``?prepare_threshold=`` in the URL overrides
     ``settings.prepare_threshold``. A pooler that refuses the connection's options (PgBouncer
     refuses ``PGOPTIONS``) raises :class:`~pgvector_base.database.DatabaseConfigError` saying
@@ -187,7 +190,7 @@ def create_app_engine(url: URL | None = None, settings: EngineSettings | None = 
     settings = settings or EngineSettings.from_env()
     target, arguments = _engine_arguments(url or resolve_url(), settings)
     engine = create_engine(target, **arguments)
-    event.listen(engine, "handle_error", _refused_options)
+    _listen(engine)
     return engine
 
 
@@ -208,7 +211,7 @@ def create_async_app_engine(
         )
     target, arguments = _engine_arguments(url or resolve_url(), settings)
     engine = create_async_engine(target, **arguments)
-    event.listen(engine.sync_engine, "handle_error", _refused_options)
+    _listen(engine.sync_engine)
     return engine
 
 
@@ -226,6 +229,42 @@ def create_async_replica_engines(
     return [
         create_async_app_engine(url, settings) for url in (replica_urls() if urls is None else urls)
     ]
+
+
+def _listen(engine: Engine) -> None:
+    event.listen(engine, "handle_error", _refused_options)
+    event.listen(engine, "checkout", partial(_check_on_checkout, engine.dialect))
+
+
+def _check_on_checkout(
+    dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, _: object
+) -> None:
+    """Ping a pooled connection at checkout only if the server has sent it something since the
+    last request: SQLAlchemy's ``pool_pre_ping`` would cost every request a round trip.
+
+    A server that restarts, or ends a connection (``pg_terminate_backend``,
+    ``idle_session_timeout``), sends an error and closes the socket, which then reads as ready;
+    an idle connection of a live server has nothing to read. The ping then finds out what it was
+    (a notification is harmless), and a dead connection invalidates the pool as a failed
+    pre-ping does, so that the request reconnects instead of failing.
+    """
+    if not _readable(record.driver_connection.fileno()):  # type: ignore[union-attr]
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        if dialect.is_disconnect(error, dbapi_connection, None):  # type: ignore[arg-type]
+            raise InvalidatePoolError(f"the server ended the connection: {error}") from None
+        raise
+
+
+def _readable(fileno: int) -> bool:
+    """Whether the socket has data (or its end) to read, without waiting."""
+    if not hasattr(sockets, "poll"):  # Windows
+        return bool(sockets.select([fileno], [], [], 0)[0])
+    poller = sockets.poll()
+    poller.register(fileno, sockets.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _refused_options(context: ExceptionContext) -> None:
@@ -306,8 +345,8 @@ class RoutingSession(Session):
             return primary
         for replica in self.replicas.in_turn(first=self.replica):
             try:
-                # Checked out now (pool_pre_ping tests it), so that a replica that is down is
-                # found here, while the read can still go elsewhere.
+                # Checked out now (and tested, see _check_on_checkout), so that a replica that
+                # is down is found here, while the read can still go elsewhere.
                 self.connection(bind_arguments={"bind": replica})
             except OperationalError as error:
                 self.replicas.skip(replica, error)
