@@ -108,7 +108,8 @@ def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Spread
 
 @dataclass(frozen=True)
 class Load:
-    """One loading method, and its rate over the two client-free bounds, turn by turn."""
+    """One loading method, and its rate over the two client-free bounds (and, for a psycopg2
+    method of the loader, over the same input through psycopg 3), turn by turn."""
 
     method: str
     rows: int
@@ -116,6 +117,7 @@ class Load:
     rows_per_second: float
     over_file_copy: Spread
     over_insert_select: Spread
+    over_psycopg3: Spread | None = None
 
 
 @dataclass(frozen=True)

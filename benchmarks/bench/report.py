@@ -16,7 +16,7 @@ from benchmarks.bench.common import (
     Spread,
     Throughput,
 )
-from benchmarks.bench.load import COLUMNS, LISTS, NUMPY_ROWS
+from benchmarks.bench.load import COLUMNS, COLUMNS_PSYCOPG3, LISTS, LISTS_PSYCOPG3, NUMPY_ROWS
 from benchmarks.bench.query import KEYS, NEAREST
 from benchmarks.bench.replica import REPLICA_ROWS
 from benchmarks.bench.startup import TEMPLATE
@@ -34,10 +34,14 @@ def goals(results: Results) -> list[Goal]:
             Goal(f"{loads[name].method} over the server's COPY from a file", ratio, target)
             for name, ratio, target in (
                 (COLUMNS, loads[COLUMNS].over_file_copy, 0.9),
+                (COLUMNS_PSYCOPG3, loads[COLUMNS_PSYCOPG3].over_file_copy, 0.9),
                 (NUMPY_ROWS, loads[NUMPY_ROWS].over_file_copy, 0.9),
-                (LISTS, loads[LISTS].over_file_copy, 0.8),
+                (LISTS_PSYCOPG3, loads[LISTS_PSYCOPG3].over_file_copy, 0.8),
             )
         ]
+        lists = loads[LISTS].over_psycopg3
+        if lists is not None:
+            found.append(Goal(f"{LISTS} (psycopg2) over the same through psycopg 3", lists, 0.9))
     alembic = [build.over_tuned for build in results.builds if build.method == BUILD_ALEMBIC]
     if alembic and alembic[0] is not None:
         found.append(
@@ -121,12 +125,15 @@ def markdown(results: Results, *, charts: list[str]) -> str:
     if results.loads:
         lines += [
             "",
-            "| Loading | Rows | Seconds | Rows/s | / COPY from a file | / INSERT ... SELECT |",
-            "|---|--:|--:|--:|--:|--:|",
+            "| Loading | Rows | Seconds | Rows/s | / COPY from a file | / INSERT ... SELECT "
+            "| psycopg2 / psycopg 3 |",
+            "|---|--:|--:|--:|--:|--:|--:|",
             *(
                 f"| {load.method} | {load.rows:,} | {load.seconds.show()} | "
                 f"{load.rows_per_second:,.0f} | {load.over_file_copy.show()} | "
-                f"{load.over_insert_select.show()} |"
+                f"{load.over_insert_select.show()} | "
+                + ("" if load.over_psycopg3 is None else load.over_psycopg3.show())
+                + " |"
                 for load in results.loads
             ),
         ]
