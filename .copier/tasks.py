@@ -52,7 +52,12 @@ EXAMPLE_SCRIPT = 'pgvector-app = "app.cli:main"'
 EXAMPLE_DEFINITIONS = {"EMBEDDING_DIM", "Product"}
 EXAMPLE_IMPORTS = {"VECTOR", "BigInteger", "Index", "String", "Text", "Mapped", "mapped_column"}
 MODELS = "src/app/models.py"
-PGAI_PATHS = ("docs/pgai.md", "tests/pgvector_base/test_pgai.py", "src/pgvector_base/pgai_setup.py")
+PGAI_PATHS = (
+    "docs/pgai.md",
+    "tests/pgvector_base/test_pgai.py",
+    "tests/pgvector_base/backfill/test_pgai_models.py",
+    "src/pgvector_base/pgai_setup.py",
+)
 PGAI_SCRIPT = 'pgai-install = "pgvector_base.pgai_setup:main"'
 PGAI_INSTALL_OPTION = " --with pgai"
 

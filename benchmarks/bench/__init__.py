@@ -8,10 +8,10 @@ On one table ``item (id bigint primary key, category int, embedding vector(dim))
 per part:
 
 * load (:mod:`.load`): the same rows by the template's loader given numpy column batches, numpy
-  rows and Python lists (column batches and lists through psycopg 3 too), against two bounds that have no client: the server's own ``COPY ... FROM
-  '<file>' (FORMAT binary)`` of the same rows (what any COPY client could reach), and ``INSERT ...
-  SELECT`` from a table that holds them (no receive functions either). ORM ``add_all``,
-  executemany and text COPY load a sample for context;
+  rows and Python lists (column batches and lists through psycopg 3 too), against two bounds that
+  have no client: the server's own ``COPY ... FROM '<file>' (FORMAT binary)`` of the same rows
+  (what any COPY client could reach), and ``INSERT ... SELECT`` from a table that holds them (no
+  receive functions either). ORM ``add_all``, executemany and text COPY load a sample for context;
 * build (:mod:`.build`): the HNSW index (cosine, m = 16, ef_construction = 64) with the server's
   defaults, with :class:`~pgvector_base.loading.BuildSettings`, and through ``alembic upgrade``
   with the settings :mod:`pgvector_base.migration.builds` gives migrations;
@@ -26,8 +26,13 @@ per part:
   the same SQL (the template's own cost) and pgbench in its prepared, extended and simple modes;
 * prepared (:mod:`.prepared`): server-side prepared statements off and on, in the
   session-per-request pattern;
+* hybrid (:mod:`.hybrid`, :mod:`.datasets`): :class:`~pgvector_base.search.HybridSearch` beside
+  ``VectorSearch`` on a table of short documents with GloVe word vectors (or synthetic ones);
 * replica (:mod:`.replica`, :mod:`.cluster`): searches marked as replica reads on a primary alone
   and routed to its streaming replica, on 20,000 rows;
+* backfill (:mod:`.backfill`): :func:`~pgvector_base.backfill.backfill` filling a new embedding
+  column with a free embed function, against the server's ``UPDATE ... FROM`` a table holding the
+  same vectors, batch for batch; and a reader's p99 during a backfill over before it;
 * startup (:mod:`.startup`): ``alembic current`` in the template against stock Alembic's;
 * scaling (:mod:`.scaling`): loading, building and a query at five table sizes, from a tenth of
   ``--rows`` to twice it.

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import benchmarks.bench
 from benchmarks.bench.async_throughput import measure_async_throughput
+from benchmarks.bench.backfill import measure_backfill
 from benchmarks.bench.build import measure_builds
 from benchmarks.bench.common import (
     INDEX,
     REPOSITORY_ROOT,
     RESULTS,
     BenchBase,
+    Data,
+    Item,
     Results,
     build,
     drop_database,
@@ -27,6 +30,7 @@ from benchmarks.bench.common import (
     item_model,
     uptime,
 )
+from benchmarks.bench.hybrid import measure_hybrid
 from benchmarks.bench.load import measure_loads
 from benchmarks.bench.prepared import measure_prepared
 from benchmarks.bench.query import measure_overhead, measure_queries
@@ -35,7 +39,7 @@ from benchmarks.bench.report import draw_charts, goals, markdown, serialized
 from benchmarks.bench.scaling import measure_scaling
 from benchmarks.bench.startup import measure_startup
 from benchmarks.bench.throughput import measure_throughput
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -45,9 +49,20 @@ from pgvector_base.search import VectorSearch
 from pgvector_base.session import EngineSettings, create_app_engine
 
 # In the order they run: scaling last, as it leaves other sizes in the table.
-PARTS = ("load", "build", "query", "async", "prepared", "replica", "startup", "scaling")
+PARTS = (
+    "load",
+    "build",
+    "query",
+    "async",
+    "prepared",
+    "hybrid",
+    "replica",
+    "backfill",
+    "startup",
+    "scaling",
+)
 # The parts that search the whole table, with its index.
-SEARCHES = {"build", "query", "async", "prepared"}
+SEARCHES = {"build", "query", "async", "prepared", "backfill"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +177,21 @@ def run(url: URL, args: argparse.Namespace) -> Results:
             results.prepared = measure_prepared(
                 url, model, data.queries, k=args.k, repeats=args.repeats
             )
+        # An expression, not a statement: one branch fewer for run(), which has its fill.
+        results.hybrid = (
+            measure_hybrid(
+                engine,
+                app,
+                rows=args.rows,
+                dim=args.dim,
+                queries=args.queries,
+                k=args.k,
+                repeats=args.repeats,
+                seed=args.seed,
+            )
+            if "hybrid" in parts
+            else None
+        )
         if "replica" in parts:
             results.replica = measure_replica(
                 model,
@@ -171,8 +201,7 @@ def run(url: URL, args: argparse.Namespace) -> Results:
                 repeats=args.repeats,
                 tasks=tasks,
             )
-        if "startup" in parts:
-            results.startup = measure_startup(url, args.repeats)
+        application_parts(results, parts, url, engine, app, model=model, data=data, args=args)
         if "scaling" in parts:
             results.scaling = measure_scaling(
                 engine,
@@ -194,6 +223,26 @@ def run(url: URL, args: argparse.Namespace) -> Results:
         results.source += f"; at the end: {finished}"
     results.goals = goals(results)
     return results
+
+
+def application_parts(
+    results: Results,
+    parts: list[str],
+    url: URL,
+    engine: Engine,
+    app: Engine,
+    *,
+    model: type[Item],
+    data: Data,
+    args: argparse.Namespace,
+) -> None:
+    """The backfill and start-up parts, as ``--only`` asks."""
+    if "backfill" in parts:
+        results.backfill = measure_backfill(
+            engine, app, model=model, data=data, repeats=args.repeats, duration=args.duration
+        )
+    if "startup" in parts:
+        results.startup = measure_startup(url, args.repeats)
 
 
 def source() -> str:

@@ -207,6 +207,27 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class HybridLatency:
+    """One way of answering the hybrid part's queries: its p50, and its p50 over the vector-only
+    search's, round by round (``None`` for the vector-only search itself)."""
+
+    method: str
+    p50_ms: Spread
+    over_vector: Spread | None
+
+
+@dataclass(frozen=True)
+class HybridRun:
+    """The hybrid part: which data, how many rows, the median rows a query's words match, and
+    the latencies."""
+
+    data: str
+    rows: int
+    matches: float
+    latencies: list[HybridLatency]
+
+
+@dataclass(frozen=True)
 class Scale:
     """One table size: loading it, building its index, and a query on it."""
 
@@ -225,6 +246,17 @@ class Startup:
     command: str
     seconds: Spread
     over_stock: Spread
+
+
+@dataclass(frozen=True)
+class Refill:
+    """Filling a new embedding column one way: its rows per second, over the server's bound in
+    the same turn; or the reader's p99 ms during a backfill, over (``ratio``) its p99 before."""
+
+    method: str
+    value: Spread
+    ratio: Spread
+    before: Spread | None = None
 
 
 @dataclass(frozen=True)
@@ -265,8 +297,10 @@ class Results:
     async_throughput: list[AsyncThroughput] = field(default_factory=list)
     replica: list[Routing] = field(default_factory=list)
     prepared: list[Prepared] = field(default_factory=list)
+    hybrid: HybridRun | None = None
     scaling: list[Scale] = field(default_factory=list)
     startup: list[Startup] = field(default_factory=list)
+    backfill: list[Refill] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench.async_throughput import KEYS as ASYNC_KEYS
+from benchmarks.bench.backfill import BACKFILL, READER
 from benchmarks.bench.build import BUILD_ALEMBIC
 from benchmarks.bench.common import (
     DEFAULT_EF_SEARCH,
@@ -86,6 +87,12 @@ def goals(results: Results) -> list[Goal]:
         for t in results.async_throughput
         if t.method == ASYNC_KEYS and t.tasks in (1, 4)
     ]
+    refills = {refill.method: refill for refill in results.backfill}
+    if refills:
+        found += [
+            Goal("backfill rows/s over the server's UPDATE ... FROM", refills[BACKFILL].ratio, 0.7),
+            Goal("reader p99 during a backfill over before", refills[READER].ratio, 2, True),
+        ]
     found += [
         Goal(f"{step.command} over stock Alembic's", step.over_stock, 1.3, at_most=True)
         for step in results.startup
@@ -209,6 +216,7 @@ def markdown(results: Results, *, charts: list[str]) -> str:
                 for p in results.prepared
             ),
         ]
+    lines += hybrid_table(results)
     if results.scaling:
         lines += [
             "",
@@ -222,6 +230,19 @@ def markdown(results: Results, *, charts: list[str]) -> str:
                 f"{s.p50_ms.show()} | {s.recall:.3f} |"
                 for s in results.scaling
             ),
+        ]
+    if results.backfill:
+        *fills, reader = results.backfill
+        lines += [
+            "",
+            "| Filling a new embedding column | Rows/s | / server's UPDATE ... FROM |",
+            "|---|--:|--:|",
+            *(f"| {f.method} | {f.value.show(0)} | {f.ratio.show()} |" for f in fills),
+            "",
+            "| Reader during a backfill | before | during | during / before |",
+            "|---|--:|--:|--:|",
+            f"| {reader.method} | {reader.before.show() if reader.before else ''} "
+            f"| {reader.value.show()} | {reader.ratio.show()} |",
         ]
     if results.startup:
         lines += [
@@ -270,6 +291,29 @@ def queries_tables(results: Results) -> list[str]:
             ),
         ]
     return lines
+
+
+def hybrid_table(results: Results) -> list[str]:
+    """Hybrid search's p50 beside the vector-only search's, on the data it ran on."""
+    run = results.hybrid
+    if run is None:
+        return []
+    return [
+        "",
+        f"| Hybrid search, {run.rows:,} documents, k = {results.k} (HNSW, GIN) | p50 ms "
+        "| / vector-only p50 |",
+        "|---|--:|--:|",
+        *(
+            f"| {h.method} | {h.p50_ms.show()} | "
+            + ("" if h.over_vector is None else h.over_vector.show())
+            + " |"
+            for h in run.latencies
+        ),
+        "",
+        f"Data: {run.data}. A query is two words, either to match (median: {run.matches:,.0f} "
+        "documents match), and their mean vector; a depth of 40 is one round trip, a depth of "
+        "100 sets ef_search = 100 in a savepoint.",
+    ]
 
 
 def throughput_table(title: str, rows: list[Throughput]) -> list[str]:

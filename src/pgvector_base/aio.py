@@ -1,8 +1,10 @@
-"""Vector search and bulk loading for asyncio: :class:`AsyncVectorSearch` and :func:`load`.
+"""Vector search and bulk loading for asyncio: :class:`AsyncVectorSearch`,
+:class:`AsyncHybridSearch` and :func:`load`.
 
-Each call runs the sync API (:mod:`pgvector_base.search`, :mod:`pgvector_base.loading`) in
-SQLAlchemy's greenlet (``AsyncSession.run_sync``, ``AsyncConnection.run_sync``), where every
-round trip is awaited on psycopg 3's async connection while other tasks run. So the async API
+Each call runs the sync API (:mod:`pgvector_base.search.nearest`,
+:mod:`pgvector_base.search.hybrid`, :mod:`pgvector_base.loading`) in SQLAlchemy's greenlet
+(``AsyncSession.run_sync``, ``AsyncConnection.run_sync``), where every round trip
+is awaited on psycopg 3's async connection while other tasks run. So the async API
 has the sync one's statements, checks and one-line errors, its query vector in binary, its
 settings set locally in a savepoint (never left on a pooled connection), its replica routing,
 and its load order, by the same code: what the sync tests prove holds here too, and
@@ -27,6 +29,8 @@ from pgvector_base import loading
 from pgvector_base.loading import DEFAULT_BATCH_SIZE, BuildSettings, LoadResult, Rows
 from pgvector_base.search import (
     Distance,
+    HybridHit,
+    HybridSearch,
     ModelT,
     Neighbor,
     QueryVector,
@@ -34,8 +38,9 @@ from pgvector_base.search import (
     VectorIndex,
     VectorSearch,
 )
+from pgvector_base.search.hybrid import DEFAULT_K_RRF, QuerySyntax
 
-__all__ = ["AsyncVectorSearch", "copy_rows", "load"]
+__all__ = ["AsyncHybridSearch", "AsyncVectorSearch", "copy_rows", "load"]
 
 
 class AsyncVectorSearch(Generic[ModelT]):
@@ -115,6 +120,56 @@ class AsyncVectorSearch(Generic[ModelT]):
     async def configure(self, session: AsyncSession, settings: SearchSettings) -> None:
         """:meth:`VectorSearch.configure`: ``settings`` for the rest of the transaction."""
         await session.run_sync(self.search.configure, settings)
+
+
+class AsyncHybridSearch(Generic[ModelT]):
+    """:class:`~pgvector_base.search.HybridSearch` on an :class:`AsyncSession`: the same
+    constructor, checks, statement and results, with :meth:`search` awaited; replica-routed
+    like :class:`AsyncVectorSearch`."""
+
+    def __init__(
+        self,
+        model: type[ModelT],
+        attribute: InstrumentedAttribute[Any],
+        distance: Distance | None = None,
+        *,
+        text_index: str | None = None,
+        syntax: QuerySyntax = "websearch",
+    ) -> None:
+        self.hybrid = HybridSearch(model, attribute, distance, text_index=text_index, syntax=syntax)
+        """The sync search, for sync sessions and for :meth:`HybridSearch.statement`."""
+
+    def statement(self, where: Iterable[ColumnElement[bool]] = ()) -> Select[Any]:
+        """:meth:`HybridSearch.statement`."""
+        return self.hybrid.statement(where)
+
+    async def search(
+        self,
+        session: AsyncSession,
+        query: QueryVector,
+        text: str,
+        k: int = 10,
+        *,
+        depth: int | None = None,
+        vector_weight: float = 1.0,
+        text_weight: float = 1.0,
+        k_rrf: float = DEFAULT_K_RRF,
+        where: Iterable[ColumnElement[bool]] = (),
+        settings: SearchSettings | None = None,
+    ) -> list[HybridHit[ModelT]]:
+        """:meth:`HybridSearch.search`: the ``k`` best rows for ``query`` and ``text``."""
+        return await session.run_sync(
+            self.hybrid.search,
+            query,
+            text,
+            k,
+            depth=depth,
+            vector_weight=vector_weight,
+            text_weight=text_weight,
+            k_rrf=k_rrf,
+            where=where,
+            settings=settings,
+        )
 
 
 async def load(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import select as sockets
 import threading
 import time
@@ -77,6 +78,9 @@ READ_REPLICA: Mapping[str, bool] = MappingProxyType({REPLICA_OPTION: True})
 in a session that has not written."""
 REPLICA_RETRY_SECONDS = 30.0
 """How long a replica that failed to connect is left out before reads try it again."""
+# One comma with any whitespace around it, or whitespace alone (newlines too).
+_REPLICA_URL_SEPARATOR = re.compile(r"\s*,\s*|\s+")
+_SEPARATE = "separate the URLs with commas, spaces or newlines"
 # Keys of Session.info.
 _PRIMARY_ONLY = "pgvector_base.read_from_primary"
 
@@ -135,20 +139,34 @@ def prepare_threshold(raw: str, name: str) -> int | None:
 
 
 def replica_urls(environ: Mapping[str, str] = os.environ) -> list[URL]:
-    """The read replicas' URLs from ``DATABASE_REPLICA_URLS`` (comma-separated; none if unset).
+    """The read replicas' URLs from ``DATABASE_REPLICA_URLS`` (none if unset).
 
-    Each is checked like ``DATABASE_URL``, and no message quotes one: a comma in a password must
-    be URL-encoded (``%2C``).
+    The URLs are separated by commas, whitespace or both, so that one a line (a YAML block
+    scalar) works. Each is checked like ``DATABASE_URL``, and no message quotes one: a comma or a
+    space in a password must be URL-encoded (``%2C``, ``%20``).
     """
     raw = environ.get(REPLICA_URLS_ENV, "")
     if not raw.strip():
         return []
-    parts = [part.strip() for part in raw.split(",")]
+    parts = _REPLICA_URL_SEPARATOR.split(raw.strip())
     if "" in parts:
         raise DatabaseConfigError(
-            f"{REPLICA_URLS_ENV} has an empty entry; separate the URLs with single commas "
-            "(URL-encode a comma in a password as %2C)"
+            f"{REPLICA_URLS_ENV} has an empty entry; {_SEPARATE} (URL-encode a comma in a "
+            "password as %2C)"
         )
+    for number, part in enumerate(parts, start=1):
+        # Another separator (';', '|') leaves two URLs in one entry; a raw space in a password
+        # leaves its tail as an entry without a scheme.
+        schemes = part.count("://")
+        if schemes > 1:
+            raise DatabaseConfigError(
+                f"{REPLICA_URLS_ENV} (URL {number}) holds more than one URL; {_SEPARATE}"
+            )
+        if schemes == 0:
+            raise DatabaseConfigError(
+                f"{REPLICA_URLS_ENV} (URL {number}) is no URL of its own; {_SEPARATE}, so "
+                "URL-encode a space or comma in a password (%20, %2C)"
+            )
     return [
         parse_url(part, f"{REPLICA_URLS_ENV} (URL {number})")
         for number, part in enumerate(parts, start=1)
@@ -181,17 +199,12 @@ def create_app_engine(url: URL | None = None, settings: EngineSettings | None = 
 
     A connection is tested as it is checked out (:func:`_check_on_checkout`), so a server restart
     or a connection the server ended costs one reconnect instead of a failed request. The URL's
-    driver is replaced by
-    ``settings.driver``. A ``?prepare_threshold=`` in the URL overrides
+    driver is replaced by ``settings.driver``. A ``?prepare_threshold=`` in the URL overrides
     ``settings.prepare_threshold``. A pooler that refuses the connection's options (PgBouncer
     refuses ``PGOPTIONS``) raises :class:`~pgvector_base.database.DatabaseConfigError` saying
     where to set them instead.
     """
-    settings = settings or EngineSettings.from_env()
-    target, arguments = _engine_arguments(url or resolve_url(), settings)
-    engine = create_engine(target, **arguments)
-    _listen(engine)
-    return engine
+    return _sync_engine(url, settings, ping=False)
 
 
 def create_async_app_engine(
@@ -203,23 +216,21 @@ def create_async_app_engine(
     A ``settings.driver`` other than ``"psycopg"`` raises
     :class:`~pgvector_base.database.DatabaseConfigError`: psycopg2 has no async API.
     """
-    settings = settings or EngineSettings.from_env()
-    if settings.driver != "psycopg":
-        raise DatabaseConfigError(
-            f"the async engine needs the psycopg driver, not {settings.driver!r}; "
-            "use EngineSettings(driver='psycopg')"
-        )
-    target, arguments = _engine_arguments(url or resolve_url(), settings)
-    engine = create_async_engine(target, **arguments)
-    _listen(engine.sync_engine)
-    return engine
+    return _async_engine(url, settings, ping=False)
 
 
 def create_replica_engines(
     urls: Sequence[URL] | None = None, settings: EngineSettings | None = None
 ) -> list[Engine]:
-    """An engine per read replica (default: :func:`replica_urls`), with the primary's settings."""
-    return [create_app_engine(url, settings) for url in (replica_urls() if urls is None else urls)]
+    """An engine per read replica (default: :func:`replica_urls`), with the primary's settings.
+
+    Their connections are pinged at every checkout (SQLAlchemy's ``pool_pre_ping``): a promoted
+    replica reports that it has left recovery only in answer to a statement, and the ping's
+    answer is what :class:`ReadReplicas` reads before a marked read could reach it.
+    """
+    return [
+        _sync_engine(url, settings, ping=True) for url in (replica_urls() if urls is None else urls)
+    ]
 
 
 def create_async_replica_engines(
@@ -227,8 +238,30 @@ def create_async_replica_engines(
 ) -> list[AsyncEngine]:
     """:func:`create_replica_engines` for asyncio."""
     return [
-        create_async_app_engine(url, settings) for url in (replica_urls() if urls is None else urls)
+        _async_engine(url, settings, ping=True)
+        for url in (replica_urls() if urls is None else urls)
     ]
+
+
+def _sync_engine(url: URL | None, settings: EngineSettings | None, *, ping: bool) -> Engine:
+    settings = settings or EngineSettings.from_env()
+    target, arguments = _engine_arguments(url or resolve_url(), settings)
+    engine = create_engine(target, pool_pre_ping=ping, **arguments)
+    _listen(engine)
+    return engine
+
+
+def _async_engine(url: URL | None, settings: EngineSettings | None, *, ping: bool) -> AsyncEngine:
+    settings = settings or EngineSettings.from_env()
+    if settings.driver != "psycopg":
+        raise DatabaseConfigError(
+            f"the async engine needs the psycopg driver, not {settings.driver!r}; "
+            "use EngineSettings(driver='psycopg')"
+        )
+    target, arguments = _engine_arguments(url or resolve_url(), settings)
+    engine = create_async_engine(target, pool_pre_ping=ping, **arguments)
+    _listen(engine.sync_engine)
+    return engine
 
 
 def _listen(engine: Engine) -> None:
@@ -274,16 +307,48 @@ def _refused_options(context: ExceptionContext) -> None:
         raise DatabaseConfigError(REFUSED_OPTIONS_ADVICE) from None
 
 
+class NotAReplicaError(OperationalError):
+    """The server behind a replica URL is out of recovery: a promoted replica, or a primary."""
+
+
+NOT_A_REPLICA = (
+    "the server is no longer in recovery (promoted, or a primary behind a replica URL); point "
+    f"{REPLICA_URLS_ENV} at the current replicas"
+)
+
+
+def _refuse_a_primary(_: Any, record: ConnectionPoolEntry, __: Any) -> None:
+    """A pool ``checkout`` listener: refuse a connection whose server is not in recovery.
+
+    PostgreSQL 14+ reports ``in_hot_standby`` when a connection opens, and again after the first
+    statement once the server is promoted (here, the pre-ping of the engines
+    :func:`create_replica_engines` makes): reading it costs no round trip. A server or pooler that
+    reports nothing is taken for a replica.
+    """
+    connection = record.driver_connection  # psycopg's or psycopg2's, also under the async engine
+    if connection is not None and connection.info.parameter_status("in_hot_standby") == "off":
+        raise NotAReplicaError(None, None, Exception(NOT_A_REPLICA))
+
+
 class ReadReplicas:
-    """The replica engines of one primary, taken in turn; one that fails to connect is skipped,
-    with a log line, for ``retry_after`` seconds."""
+    """The replica engines of one primary, taken in turn.
+
+    A replica that fails to connect, or whose server is out of recovery (checked at each checkout
+    of its connections, without a round trip), is out: skipped, and tried again after
+    ``retry_after`` seconds. Each outage gets one log line, however many reads meet it, and one
+    more when a read reaches the replica again.
+    """
 
     def __init__(self, engines: Sequence[Engine], retry_after: float = REPLICA_RETRY_SECONDS):
         self.engines = tuple(engines)
         self.retry_after = retry_after
         self._turn = itertools.count()
         self._skipped_until: dict[Engine, float] = {}
+        self._out: set[Engine] = set()
         self._lock = threading.Lock()
+        for engine in self.engines:
+            # Listening twice with the same function keeps one listener: engines may be shared.
+            event.listen(engine, "checkout", _refuse_a_primary)
 
     def in_turn(self, first: Engine | None = None) -> list[Engine]:
         """The replicas not being skipped: ``first``, then from the next one's turn."""
@@ -298,16 +363,31 @@ class ReadReplicas:
             return [engine for engine in ordered if self._skipped_until.get(engine, 0.0) <= now]
 
     def skip(self, engine: Engine, error: OperationalError) -> None:
-        """Leave ``engine`` out for ``retry_after`` seconds, saying why in one line."""
+        """Leave ``engine`` out for ``retry_after`` seconds; if it was in, say why in one line."""
         with self._lock:
             self._skipped_until[engine] = time.monotonic() + self.retry_after
+            if engine in self._out:
+                return
+            self._out.add(engine)
         reason = scrub(str(error.orig).strip().splitlines()[0], engine.url)
         logger.warning(
-            "Read replica %s skipped for %gs, its reads go elsewhere: %s",
+            "Read replica %s is out, its reads go elsewhere until it is back "
+            "(tried again after %gs): %s",
             display(engine.url),
             self.retry_after,
             reason,
         )
+
+    def reached(self, engine: Engine) -> None:
+        """Note that a read reached ``engine``; if it was out, say that it is back."""
+        if engine not in self._out:  # the usual case, decided without the lock
+            return
+        with self._lock:
+            if engine not in self._out:
+                return
+            self._out.discard(engine)
+        # A warning like the line that said it was out, so that whoever sees one sees both.
+        logger.warning("Read replica %s is back: its reads go to it again", display(engine.url))
 
 
 class RoutingSession(Session):
@@ -317,10 +397,11 @@ class RoutingSession(Session):
     A session keeps to the replica it read from first, so that its reads see one replay
     position, and settings made on that replica's connection
     (``session.connection(bind_arguments={"clause": marked_statement})``) reach its later marked
-    reads. Once the session has written, or after :func:`read_from_primary`, marked reads go to
-    the primary too, so that they see the session's own writes. A replica that cannot be reached at
-    checkout is skipped, and the read goes to the next one or to the primary: never an error
-    while the primary is up. This is SQLAlchemy's documented ``get_bind`` pattern.
+    reads. Once the session has written or holds pending changes (flushed or not), or after
+    :func:`read_from_primary`, marked reads go to the primary too, so that they see the
+    session's own writes. A replica that cannot be reached at checkout is skipped, and the read
+    goes to the next one or to the primary: never an error while the primary is up. This is
+    SQLAlchemy's documented ``get_bind`` pattern.
     """
 
     def __init__(self, *args: Any, replicas: ReadReplicas | None = None, **kwargs: Any) -> None:
@@ -338,7 +419,15 @@ class RoutingSession(Session):
     ) -> Engine | Connection:
         """The primary bind, or for a marked read a reachable replica."""
         primary = super().get_bind(mapper, clause=clause, bind=bind, **kwargs)
-        if self._flushing or isinstance(clause, UpdateBase):
+        # Pending changes count as written, flushed or not: with autoflush off, a marked read
+        # must not see a replica's older rows while the session is about to write over them.
+        if (
+            self._flushing
+            or isinstance(clause, UpdateBase)
+            or self._new
+            or self._deleted
+            or self.identity_map.check_modified()
+        ):
             self.info[_PRIMARY_ONLY] = True
             return primary
         if bind is not None or self.info.get(_PRIMARY_ONLY) or not _marked(clause):
@@ -351,6 +440,7 @@ class RoutingSession(Session):
             except OperationalError as error:
                 self.replicas.skip(replica, error)
             else:
+                self.replicas.reached(replica)
                 self.replica = replica
                 return replica
         return primary

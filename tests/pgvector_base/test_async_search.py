@@ -241,6 +241,37 @@ def test_async_searches_refuse_what_the_sync_ones_refuse_in_the_same_line(
         asyncio.run(main())
 
 
+@pytest.mark.parametrize("settings", [None, EXACT])
+def test_async_searches_see_pending_changes_as_session_execute_does(
+    url: URL, settings: SearchSettings | None
+) -> None:
+    """A row added a moment ago, at row 7's vector, is the nearest to it when the session
+    autoflushes, and stays pending and unseen when it does not."""
+    docs = AsyncVectorSearch(Doc, Doc.embedding)
+    query = VECTORS[7].tolist()
+
+    async def firsts(autoflush: bool) -> tuple[list[int], list[int]]:
+        """What nearest_keys, nearest and neighbors_of(7) find with the row pending."""
+        engine = create_async_app_engine(url)
+        try:
+            async with async_session_factory(engine)() as session:
+                session.sync_session.autoflush = autoflush
+                added = Doc(id=ROWS + 7, category=0, embedding=query)
+                session.add(added)
+                keys = await docs.nearest_keys(session, query, 3, settings=settings)
+                hits = await docs.nearest(session, query, 3, settings=settings)
+                like = await docs.neighbors_of(session, 7, 3, settings=settings)
+                assert (added in session.new) is not autoflush
+                return [key for key, _ in keys], [hit.item.id for hit in hits + like]
+        finally:
+            await engine.dispose()
+
+    keys, items = asyncio.run(firsts(True))
+    assert [keys[0], items[0], items[3]] == [ROWS + 7] * 3
+    unseen_keys, unseen_items = asyncio.run(firsts(False))
+    assert ROWS + 7 not in unseen_keys + unseen_items
+
+
 def test_the_query_is_sent_in_pgvectors_binary_format(url: URL) -> None:
     docs = AsyncVectorSearch(Doc, Doc.embedding)
     sent: list[Any] = []

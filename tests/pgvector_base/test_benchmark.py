@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
+from benchmarks.bench.datasets import glove
 from sqlalchemy.engine import URL
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +62,19 @@ EXPECTED = {
         "| nearest_keys(), 4 async tasks: QPS |",
         "on a 2-core machine it adds no capacity",
     ],
+    "hybrid": [
+        "| VectorSearch.nearest() |",
+        "| HybridSearch.search(), depth = 40 |",
+        "| HybridSearch.search(), depth = 100 |",
+    ],
     "prepared": [
         "| nearest_keys | close |",
         "| nearest | commit |",
+    ],
+    "backfill": [
+        "| backfill(), free embed function, batches of 500 |",
+        "| reader p99 ms, nearest_keys() on item |",
+        "| backfill rows/s over the server's UPDATE ... FROM |",
     ],
     "startup": [
         "| alembic current: stock Alembic (alembic init's generic env.py) |",
@@ -133,3 +145,20 @@ def test_the_query_part_writes_its_results_and_charts_where_asked(
         assert pixels.shape[:2] == (500, 800)
         assert pixels.std() > 0.05
     assert RESULTS.read_bytes() == results_before, "--output elsewhere leaves the committed results"
+
+
+def test_glove_is_read_as_unit_vectors_or_its_absence_said_in_one_line() -> None:
+    """The first words and vector of the GloVe 6B 50d file as Stanford publishes it
+    ("the 0.418 0.24968 -0.41242 0.1217 0.34527 ..."), when the optional package is installed."""
+    found, missing = glove(1000)
+    if found is None:
+        assert missing.endswith("is not installed (poetry install --with bench)")
+        return
+    assert found.words[:5] == ["the", ",", ".", "of", "to"]
+    assert found.vectors.shape == (1000, 50)
+    assert found.vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(found.vectors, axis=1), 1, atol=1e-6)
+    first = np.array([0.418, 0.24968, -0.41242, 0.1217, 0.34527])
+    ratios = found.vectors[0, :5] / first
+    assert np.allclose(ratios, ratios[0], rtol=1e-5)  # the published values, scaled by one factor
+    assert "the 1,000 most frequent words" in found.source

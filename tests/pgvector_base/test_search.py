@@ -303,6 +303,43 @@ def test_pending_changes_survive_a_search_with_settings(engine: Engine, session:
         session.commit()
 
 
+def found_keys(
+    search: VectorSearch[Product],
+    session: Session,
+    method: str,
+    query: list[float],
+    settings: SearchSettings | None,
+) -> list[int]:
+    """The keys ``method`` finds for ``query`` (``neighbors_of`` for row 7, whose vector it is)."""
+    if method == "nearest_keys":
+        return [key for key, _ in search.nearest_keys(session, query, 3, settings=settings)]
+    if method == "neighbors_of":
+        return [hit.item.id for hit in search.neighbors_of(session, 7, 3, settings=settings)]
+    return [hit.item.id for hit in search.nearest(session, query, 3, settings=settings)]
+
+
+@pytest.mark.parametrize("autoflush", [True, False])
+@pytest.mark.parametrize("settings", [None, SearchSettings(ef_search=100)])
+@pytest.mark.parametrize("method", ["nearest", "nearest_keys", "neighbors_of"])
+def test_searches_see_pending_changes_exactly_as_session_execute_does(
+    session: Session, method: str, settings: SearchSettings | None, autoflush: bool
+) -> None:
+    """A row added a moment ago at row 7's vector is the nearest when the session autoflushes,
+    and stays pending and unseen when it does not, as a plain session.execute would see it."""
+    search = VectorSearch(Product, Product.embedding)
+    vector = stored(session, Product.embedding, 7)
+    added = Product(id=PRODUCTS + 7, name="pending", description="", embedding=vector)
+    session.add(added)
+    session.autoflush = autoflush
+    found = found_keys(search, session, method, vector, settings)
+    visible = session.execute(
+        text("SELECT count(*) FROM search_product WHERE id = :id"), {"id": added.id}
+    )
+    assert (found[0] == added.id) is autoflush
+    assert (visible.scalar_one() == 1) is autoflush
+    assert (added in session.new) is not autoflush
+
+
 def test_a_query_of_the_wrong_size_is_refused(session: Session) -> None:
     search = VectorSearch(Product, Product.embedding)
     with pytest.raises(ValueError, match=r"the query vector has 3 dimensions; .* has 384"):

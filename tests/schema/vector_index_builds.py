@@ -6,6 +6,9 @@ template's corpus of real projects' schemas (``tests/pgvector_base/corpus/``) to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from sqlalchemy import Connection, Index, MetaData, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateSchema
@@ -44,7 +47,9 @@ def create_all(connection: Connection, metadata: MetaData) -> None:
 
     ``create_all`` creates tables, indexes and enum types, but no schema; the migrations do
     (``pgvector_base.migration.schemas``). The dialect learns what migrations teach it first, such
-    as writing a full-text index's ``'english'::regconfig``.
+    as writing a full-text index's ``'english'::regconfig``. Indexes declared
+    ``postgresql_concurrently=True`` are built plainly (see ``built_plainly``), so all of it runs in
+    the caller's transaction.
     """
     register_types(connection.dialect)
     schemas = {table.schema for table in metadata.tables.values()}
@@ -55,7 +60,31 @@ def create_all(connection: Connection, metadata: MetaData) -> None:
     }
     for schema in sorted(schema for schema in schemas if schema is not None):
         connection.execute(CreateSchema(schema, if_not_exists=True))
-    metadata.create_all(connection)
+    with built_plainly(metadata):
+        metadata.create_all(connection)
+
+
+@contextmanager
+def built_plainly(metadata: MetaData) -> Iterator[None]:
+    """Render ``metadata``'s concurrent indexes as plain ``CREATE INDEX`` while inside.
+
+    ``CREATE INDEX CONCURRENTLY`` cannot run in a transaction block, and builds the same index as a
+    plain build: it changes only how the build locks the table, which the migrations handle
+    (``pgvector_base.migration.indexes``). The models' declarations are restored on the way out.
+    """
+    concurrent = [
+        index
+        for table in metadata.tables.values()
+        for index in table.indexes
+        if index.dialect_options["postgresql"]["concurrently"]
+    ]
+    for index in concurrent:
+        index.dialect_options["postgresql"]["concurrently"] = False
+    try:
+        yield
+    finally:
+        for index in concurrent:
+            index.dialect_options["postgresql"]["concurrently"] = True
 
 
 def qualified_name(index: Index, dialect: Dialect) -> str:

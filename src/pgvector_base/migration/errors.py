@@ -232,8 +232,8 @@ def dimension_mismatch(failure: Failure) -> str | None:
     )
     return (
         f"cannot change {what}: rows already stored do not fit ({mismatch.group()}); "
-        "the migration was rolled back. Embeddings of another size need a new column, "
-        'see docs/autogenerate.md, "Changing an embedding\'s dimensions"'
+        "the migration was rolled back. Embeddings of another size need a new column beside "
+        "this one, filled by pgvector-backfill: see docs/embedding-models.md"
     )
 
 

@@ -19,7 +19,11 @@ stored vector. After the comparison, this plugin goes through the upgrade:
   refuse the ``DROP TABLE`` (``DependentObjectsStillExist``) halfway through the upgrade;
 * a ``NOT NULL`` vector column without a server default, added to an existing table, stops
   autogenerate too: the ``ALTER TABLE`` would fail as soon as the table has rows. Add it nullable,
-  fill it, then declare it ``NOT NULL``.
+  fill it, then declare it ``NOT NULL``;
+* a vector column added to a table that holds rows, together with an index on it, is written as
+  asked, with a warning: the index would be built over an empty column and then take in every
+  row of the backfill one by one, where building it once the column is filled is faster
+  (docs/embedding-models.md).
 
 This module is an Alembic plugin (``alembic.runtime.plugins``): importing it registers the plugin,
 and ``env.py`` enables it by name in ``autogenerate_plugins``.
@@ -27,6 +31,7 @@ and ``env.py`` enables it by name in ``autogenerate_plugins``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from alembic.autogenerate.api import AutogenContext
@@ -37,6 +42,8 @@ from sqlalchemy import Column, exists, select, table, text
 from sqlalchemy.engine import Connection, Dialect
 
 from pgvector_base.migration.comparison import is_vector_type, type_spec
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "pgvector_base.stored_vectors"
 """The name ``env.py`` lists in ``autogenerate_plugins``."""
@@ -99,6 +106,7 @@ def keep_stored_vectors(
         if isinstance(modify, ops.ModifyTableOps):
             rename_pairs(modify, dialect, allowed)
             problems += column_problems(modify, dialect, allowed)
+            warn_index_before_backfill(modify, connection)
     if problems:
         raise CommandError("; ".join(problems))
     return PriorityDispatchResult.CONTINUE
@@ -228,6 +236,30 @@ def column_problems(modify: ops.ModifyTableOps, dialect: Dialect, allowed: set[s
                     "autogenerate again"
                 )
     return problems
+
+
+def warn_index_before_backfill(modify: ops.ModifyTableOps, connection: Connection) -> None:
+    """Warn when a vector column and an index on it are added together to a table with rows."""
+    added = {
+        op.column.name
+        for op in modify.ops
+        if isinstance(op, ops.AddColumnOp) and is_vector_type(op.column.type, connection.dialect)
+    }
+    indexes = [
+        op.index_name
+        for op in modify.ops
+        if isinstance(op, ops.CreateIndexOp)
+        and added & {column.name for column in op.to_index().columns}
+    ]
+    if indexes and holds_rows(connection, modify.schema, modify.table_name):
+        logger.warning(
+            "%s gains %s and %s in one revision, on a table that holds rows: the index would "
+            "take in every backfilled row one by one; generate the column alone, fill it "
+            "(pgvector-backfill), then add the index (docs/embedding-models.md)",
+            qualified(modify.schema, modify.table_name),
+            ", ".join(sorted(added)),
+            ", ".join(str(name) for name in indexes),
+        )
 
 
 def setup(plugin: Plugin) -> None:

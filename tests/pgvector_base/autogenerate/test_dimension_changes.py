@@ -2,8 +2,11 @@
 
 On an empty table the change is generated and applied as is: dependent indexes are dropped before
 the type change and created after it, and the downgrade mirrors that. On a table that holds
-vectors of the old size the upgrade fails in one line and leaves the database where it was; the
-re-embedding recipe of docs/autogenerate.md is the way through, and is run here step by step.
+vectors of the old size the upgrade fails in one line and leaves the database where it was; a new
+column beside the old one is the way through (docs/embedding-models.md, which
+tests/pgvector_base/backfill/test_sequence.py runs under traffic), and its migrations are run here
+step by step. Declaring the new column and its index in one revision on a table with rows is
+written as asked, with a warning.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def item(column_type: Any, *, indexes: bool = True) -> MetaData:
             postgresql_ops={"embedding_halfvec": "halfvec_l2_ops"},
         )
     return metadata
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the stored-vectors plugin logged."""
+    name = "pgvector_base.migration.stored_vectors"
+    return [record.getMessage() for record in caplog.records if record.name == name]
 
 
 def operations(generated: str, function: str) -> list[str]:
@@ -142,7 +151,8 @@ def test_rows_of_the_old_size_stop_the_upgrade_with_one_line(
     expected = (
         "cannot change item.embedding to VECTOR(4): rows already stored do not fit "
         "(expected 4 dimensions, not 3); the migration was rolled back. Embeddings of another "
-        'size need a new column, see docs/autogenerate.md, "Changing an embedding\'s dimensions"'
+        "size need a new column beside this one, filled by pgvector-backfill: see "
+        "docs/embedding-models.md"
     )
 
     with pytest.raises(CommandError) as failure:
@@ -179,6 +189,53 @@ def test_rows_of_the_old_size_stop_the_upgrade_for_every_type(
     with pytest.raises(CommandError, match=re.escape(f"do not fit ({reason})")):
         project.upgrade()
     assert column_type(project) == before.compile(dialect=project.engine.dialect).lower()
+
+
+def expanded(*, index: bool) -> MetaData:
+    """``item`` with its old embedding, a new one of other dimensions, and an index on it."""
+    metadata = item(VECTOR(3), indexes=False)
+    table = metadata.tables["item"]
+    table.append_column(Column("embedding_v2", VECTOR(4)))
+    if index:
+        Index(
+            "ix_item_embedding_v2",
+            table.c.embedding_v2,
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding_v2": "vector_cosine_ops"},
+        )
+    return metadata
+
+
+@pytest.mark.parametrize("rows", [True, False], ids=["with rows", "empty"])
+def test_a_new_column_indexed_at_once_on_a_table_with_rows_is_warned_about(
+    project: Project, rows: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without alembic.ini's logging setup, which would take pytest's handler off the root logger.
+    project.config.config_file_name = None
+    project.revise(item(VECTOR(3), indexes=False))
+    project.upgrade()
+    if rows:
+        project.execute("INSERT INTO item (id, embedding) VALUES (1, '[1,2,3]')")
+    generated = project.revise(expanded(index=True))
+    assert operations(generated, "upgrade") == ["op.add_column", "op.create_index"]
+    advice = (
+        "item gains embedding_v2 and ix_item_embedding_v2 in one revision, on a table that holds "
+        "rows: the index would take in every backfilled row one by one; generate the column "
+        "alone, fill it (pgvector-backfill), then add the index (docs/embedding-models.md)"
+    )
+    assert warnings(caplog) == ([advice] if rows else [])
+
+
+def test_a_new_column_alone_is_not_warned_about(
+    project: Project, caplog: pytest.LogCaptureFixture
+) -> None:
+    project.config.config_file_name = None
+    project.revise(item(VECTOR(3), indexes=False))
+    project.upgrade()
+    project.execute("INSERT INTO item (id, embedding) VALUES (1, '[1,2,3]')")
+    generated = project.revise(expanded(index=False))
+    assert operations(generated, "upgrade") == ["op.add_column"]
+    assert warnings(caplog) == []
 
 
 def run_alembic(

@@ -215,3 +215,28 @@ def test_excluding_a_table_but_not_the_one_it_references_stops_in_one_line(
     project.upgrade()
     project.settled(MetaData())
     assert project.fetch("SELECT count(*) FROM langchain_pg_collection") == [(int(rows),)]
+
+
+def test_the_row_check_reads_the_table_in_its_own_schema(project: Project) -> None:
+    """``rag.chat_history`` holds rows and ``public.chat_history`` is empty: a check of the name
+    in the default schema would let autogenerate drop ``rag.chat_history`` and its rows."""
+    models = MetaData()
+    Table("document", models, Column("id", BigInteger, primary_key=True), schema="rag")
+    project.revise(models)
+    project.upgrade()
+    project.execute(CHAT_HISTORY)
+    project.execute(CHAT_HISTORY.replace("TABLE chat_history", "TABLE rag.chat_history"))
+    project.execute(
+        "INSERT INTO rag.chat_history (session_id, message) VALUES (gen_random_uuid(), '{}')"
+    )
+    assert project.refused(models) == (
+        "autogenerate would drop table rag.chat_history, which holds rows; to drop it, run again "
+        "with -x allow_drop=rag.chat_history; if another tool owns the table, add it to "
+        "exclude_tables in alembic.ini instead"
+    )
+
+    generated = project.revise(models, allow_drop="rag.chat_history")
+    assert "op.drop_table('chat_history', schema='rag')" in generated
+    assert "op.drop_table('chat_history')" in generated  # the empty one, as before
+    project.upgrade()
+    assert project.tables() == ["public.alembic_version", "rag.document"]

@@ -1,8 +1,10 @@
 """``tests/schema``'s vector index check holds for any models, not only the example's shape.
 
 Models in schemas of their own with a foreign key between them, an enum type in a schema, a
-``TypeDecorator``, and partial and expression vector indexes: each index builds, and the catalogs
-agree with what was declared. (``create_all`` alone fails here: it creates no schema.)
+``TypeDecorator``, partial and expression vector indexes, and ``docs/autogenerate.md``'s index built
+concurrently: each index builds, and the catalogs agree with what was declared. (``create_all``
+alone fails here: it creates no schema, and ``CREATE INDEX CONCURRENTLY`` cannot run in the check's
+transaction.)
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ class Chunk(Base):
             postgresql_ops={"half": "halfvec_l2_ops"},
         ),
         {"schema": "rag"},
+    )
+
+
+class Item(Base):
+    """``docs/autogenerate.md``'s example of an index built concurrently, as written there."""
+
+    __tablename__ = "item"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    embedding = mapped_column(VECTOR(3))
+    __table_args__ = (
+        Index(
+            "ix_item_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+            postgresql_concurrently=True,
+        ),
     )
 
 

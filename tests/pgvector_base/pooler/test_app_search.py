@@ -12,6 +12,7 @@ statement under the same name, which answers with that client's rows.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
@@ -21,14 +22,21 @@ from typing import Any
 import numpy as np
 import pytest
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import BigInteger, Engine, Index, String, create_engine, delete, select
+from sqlalchemy import BigInteger, Engine, Index, String, create_engine, delete, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
+from pgvector_base.aio import AsyncVectorSearch
 from pgvector_base.loading import load
 from pgvector_base.search import SearchSettings, VectorSearch
-from pgvector_base.session import EngineSettings, create_app_engine, session_factory
+from pgvector_base.session import (
+    EngineSettings,
+    async_session_factory,
+    create_app_engine,
+    create_async_app_engine,
+    session_factory,
+)
 
 from .conftest import StartPgBouncer
 
@@ -310,3 +318,49 @@ def test_processes_get_the_direct_answers_through_pgbouncer(
         process.join(timeout=60)
         assert process.exitcode == 0
     check(problems, request_log.rows(), plans)
+
+
+# Which server connection ran the statement, and its ef_search.
+SERVED = text("SELECT pg_backend_pid(), current_setting('hnsw.ef_search')")
+
+
+def test_configured_settings_end_with_their_transaction_through_transaction_mode_pgbouncer(
+    pgbouncer: StartPgBouncer, direct_url: URL
+) -> None:
+    """One server connection behind the pooler: a setting that outlived its transaction (a
+    session-level ``set_config(..., false)``) would reach whichever transaction runs there next,
+    this client's or another's."""
+    bouncer = pgbouncer(pool_mode="transaction", pool_size=1)
+    url = bouncer.url(direct_url)
+    few = SearchSettings(ef_search=4)
+    served: list[tuple[int, str]] = []
+
+    async def configure_async() -> None:
+        engine = create_async_app_engine(url)
+        try:
+            async with async_session_factory(engine)() as session:
+                await AsyncVectorSearch(PooledItem, PooledItem.embedding).configure(session, few)
+                served.append(tuple((await session.execute(SERVED)).one()))
+                await session.commit()
+                served.append(tuple((await session.execute(SERVED)).one()))
+        finally:
+            await engine.dispose()
+
+    engines = [create_app_engine(url), create_app_engine(url)]
+    try:
+        with session_factory(engines[0])() as session:
+            SEARCH.configure(session, few)
+            assert len(SEARCH.nearest_keys(session, QUERY_VECTORS[0], 10)) == 4
+            served.append(tuple(session.execute(SERVED).one()))
+            session.commit()
+            served.append(tuple(session.execute(SERVED).one()))  # the next transaction
+        asyncio.run(configure_async())
+        with session_factory(engines[1])() as other:  # another client
+            served.append(tuple(other.execute(SERVED).one()))
+            assert len(SEARCH.nearest_keys(other, QUERY_VECTORS[0], 10)) == 10
+    finally:
+        for engine in engines:
+            engine.dispose()
+    # All on the pool's one server connection, so nothing could leave the setting behind unseen.
+    assert len({backend for backend, _ in served}) == 1
+    assert [setting for _, setting in served] == ["4", "40", "4", "40", "40"]

@@ -17,15 +17,16 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from pgvector_base.database import DATABASE_URL_ENV
+from pgvector_base.database import DATABASE_URL_ENV, display, parse_url, scrub
 
 from ..inner_pytest import run_pytest
 from ..revisions import REPOSITORY_ROOT, Migrations, failed_line
@@ -349,3 +350,49 @@ def test_encoded_password_in_alembic_ini(
     masked = database.render_as_string()
     assert f"Database: {masked} (from sqlalchemy.url in alembic.ini)" in result.stderr
     assert "widget" in tables_and_extensions(database)
+
+
+# A password with a space, '+' and '&', whose spellings all differ: raw, %-encoded (a URL's user
+# info, or ?password=) and +-encoded (?password= written as a form encodes it).
+AWKWARD = f"{PARTS[0]} +&{PARTS[1]}"
+SPELLINGS = (AWKWARD, quote(AWKWARD, safe=""), quote_plus(AWKWARD))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://awkward:{encoded}@127.0.0.1:{port}/postgres",
+        "postgresql:///postgres?host=127.0.0.1&port={port}&user=awkward&password={encoded}",
+        "postgresql:///postgres?host=127.0.0.1&port={port}&user=awkward&password={plus}",
+    ],
+    ids=["user info", "?password= %-encoded", "?password= +-encoded"],
+)
+def test_a_password_with_a_space_plus_and_ampersand_is_masked_in_every_spelling(
+    password_server: Server, raw: str
+) -> None:
+    """The server takes the password, so the URL carried it intact; then a driver message that
+    quotes each of its spellings (as a database name) is shown with each one masked."""
+    admin = create_engine(password_server.url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text("DROP ROLE IF EXISTS awkward"))
+        connection.execute(text(f"CREATE ROLE awkward LOGIN PASSWORD '{AWKWARD}'"))
+    admin.dispose()
+    port = password_server.url().port
+    url = parse_url(
+        raw.format(port=port, encoded=quote(AWKWARD, safe=""), plus=quote_plus(AWKWARD)),
+        DATABASE_URL_ENV,
+    )
+    assert scalars(url, "SELECT current_user") == ["awkward"]
+    shown = [display(url)]
+    for spelling in SPELLINGS:
+        engine = create_engine(url.set(database=spelling), poolclass=NullPool)
+        with pytest.raises(OperationalError) as refused:
+            engine.connect()
+        engine.dispose()
+        message = str(refused.value.orig)
+        assert f'database "{spelling}" does not exist' in message  # the server quotes it
+        shown.append(scrub(message, url))
+    for text_shown in shown:
+        assert not any(part in text_shown for part in PARTS[:2]), text_shown
+    assert shown[1:] == [shown[1]] * len(SPELLINGS)  # masked alike: 'database "***" ...'
+    assert 'database "***" does not exist' in shown[1]

@@ -15,14 +15,17 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import (
     BigInteger,
+    Computed,
     Engine,
     Index,
     Select,
+    Text,
     create_engine,
     event,
     func,
@@ -30,17 +33,20 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import QueuePool
 
-from pgvector_base.aio import AsyncVectorSearch
-from pgvector_base.database import DatabaseConfigError
-from pgvector_base.search import SearchSettings, VectorSearch
+from pgvector_base.aio import AsyncHybridSearch, AsyncVectorSearch
+from pgvector_base.database import DatabaseConfigError, display
+from pgvector_base.search import HybridHit, HybridSearch, SearchSettings, VectorSearch
 from pgvector_base.session import (
     READ_REPLICA,
     REPLICA_URLS_ENV,
     EngineSettings,
+    ReadReplicas,
     async_session_factory,
     create_app_engine,
     create_async_app_engine,
@@ -81,6 +87,43 @@ class Doc(Base):
     )
 
 
+class Draft(Base):
+    """Rows added and rolled back by the tests, kept apart so as to leave Doc's graph alone."""
+
+    __tablename__ = "replica_draft"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    embedding: Mapped[list[float]] = mapped_column(VECTOR(DIMENSIONS))
+    __table_args__ = (
+        Index(
+            "ix_replica_draft_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_l2_ops"},
+        ),
+    )
+
+
+class Page(Base):
+    """Text and vectors for hybrid search: a generated tsvector and its GIN index."""
+
+    __tablename__ = "replica_page"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    document: Mapped[str] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('english', body)", persisted=True)
+    )
+    embedding: Mapped[list[float]] = mapped_column(VECTOR(DIMENSIONS))
+    __table_args__ = (
+        Index(
+            "ix_replica_page_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_l2_ops"},
+        ),
+        Index("ix_replica_page_document", "document", postgresql_using="gin"),
+    )
+
+
 def vector(generator: random.Random) -> list[float]:
     return [generator.uniform(-1, 1) for _ in range(DIMENSIONS)]
 
@@ -112,7 +155,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Cluste
                 insert(Doc),
                 [{"id": n, "embedding": vector(generator)} for n in range(ROWS)],
             )
+            connection.execute(
+                insert(Page),
+                [
+                    {"id": n, "body": f"w{n % 7} w{n % 11}", "embedding": vector(generator)}
+                    for n in range(ROWS)
+                ],
+            )
             connection.execute(text("ANALYZE replica_doc"))
+            connection.execute(text("ANALYZE replica_page"))
         engine.dispose()
         running.wait_for_replay()
         yield running
@@ -321,6 +372,40 @@ def test_vector_searches_run_on_the_replica_with_their_settings_on_the_same_conn
         replica.dispose()
 
 
+@pytest.mark.parametrize("settings", [None, SearchSettings(ef_search=100)])
+def test_a_session_with_pending_changes_searches_the_primary(
+    cluster: harness.Cluster, settings: SearchSettings | None
+) -> None:
+    """A row added and not yet flushed is found by every search, as only the primary's
+    transaction has it; with autoflush off it stays unflushed, and the searches still run on the
+    primary, where the session is about to write."""
+    primary = create_app_engine(cluster.primary)
+    (replica,) = create_replica_engines([cluster.replica])
+    sessions = session_factory(primary, [replica])
+    drafts = VectorSearch(Draft, Draft.embedding)
+    try:
+        with sessions() as session:
+            session.add(Draft(id=1, embedding=QUERIES[3]))
+            assert drafts.nearest_keys(session, QUERIES[3], K, settings=settings)[0][0] == 1
+            session.rollback()
+            session.add(Draft(id=1, embedding=QUERIES[3]))
+            assert drafts.nearest(session, QUERIES[3], K, settings=settings)[0].item.id == 1
+            session.rollback()
+        with sessions() as session, searches_served(primary, replica) as served:
+            session.autoflush = False
+            pending = Draft(id=1, embedding=QUERIES[3])
+            session.add(pending)
+            keys = drafts.nearest_keys(session, QUERIES[3], K, settings=settings)
+            hits = drafts.nearest(session, QUERIES[3], K, settings=settings)
+            assert 1 not in [key for key, _ in keys] + [hit.item.id for hit in hits]
+            assert pending in session.new
+            assert len(served) == 2
+            assert not any(in_recovery for in_recovery, _, _ in served)
+    finally:
+        primary.dispose()
+        replica.dispose()
+
+
 def test_async_vector_searches_run_on_the_replica_with_their_settings(
     cluster: harness.Cluster,
 ) -> None:
@@ -355,8 +440,69 @@ def test_async_vector_searches_run_on_the_replica_with_their_settings(
     asyncio.run(main())
 
 
-def skip_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+def test_hybrid_searches_run_on_the_replica_with_ef_search_raised_there(
+    cluster: harness.Cluster,
+) -> None:
+    """A depth of 100 raises ef_search on the replica's connection, for the statement alone; the
+    answers are the primary's, sync and async."""
+    pages = HybridSearch(Page, Page.embedding)
+    deep = AsyncHybridSearch(Page, Page.embedding)
+
+    def ids(hits: list[HybridHit[Page]]) -> list[tuple[int, int | None, int | None]]:
+        return [(hit.item.id, hit.vector_rank, hit.text_rank) for hit in hits]
+
+    primary = create_app_engine(cluster.primary)
+    (replica,) = create_replica_engines([cluster.replica])
+    sessions = session_factory(primary, [replica])
+    current = select(func.current_setting("hnsw.ef_search"), func.pg_is_in_recovery())
+    try:
+        with Session(primary) as direct:
+            answers = [ids(pages.search(direct, q, "w3", K, depth=100)) for q in QUERIES]
+        with sessions() as session, searches_served(primary, replica) as served:
+            for n, query in enumerate(QUERIES):
+                assert ids(pages.search(session, query, "w3", K, depth=100)) == answers[n]
+            assert session.execute(current.execution_options(**READ_REPLICA)).one() == ("40", True)
+        assert len(served) == len(QUERIES)
+        # Not the plans: on 3,000 rows a sequential scan finds 100 sooner (see test_hybrid.py).
+        assert all(in_recovery and setting == "100" for in_recovery, setting, _ in served)
+    finally:
+        primary.dispose()
+        replica.dispose()
+
+    async def main() -> list[list[tuple[int, int | None, int | None]]]:
+        async_primary = create_async_app_engine(cluster.primary)
+        replicas = create_async_replica_engines([cluster.replica])
+        async_sessions = async_session_factory(async_primary, replicas)
+
+        async def request(query: list[float]) -> list[tuple[int, int | None, int | None]]:
+            async with async_sessions() as session:
+                return ids(await deep.search(session, query, "w3", K, depth=100))
+
+        try:
+            with searches_served(async_primary, *replicas) as served:
+                found = list(await asyncio.gather(*(request(query) for query in QUERIES)))
+            assert len(served) == len(QUERIES)
+            assert all(in_recovery and setting == "100" for in_recovery, setting, _ in served)
+            return found
+        finally:
+            await async_primary.dispose()
+            for engine in replicas:
+                await engine.dispose()
+
+    assert asyncio.run(main()) == answers
+
+
+def replica_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == SKIPPED]
+
+
+def out_and_back(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+    """The routing's lines saying a replica is out, and those saying it is back."""
+    lines = replica_lines(caplog)
+    out = [line for line in lines if "its reads go elsewhere" in line]
+    back = [line for line in lines if " is back: " in line]
+    assert sorted(out + back) == sorted(lines)
+    return out, back
 
 
 def test_a_replica_that_stops_is_skipped_in_one_line_and_no_request_fails(
@@ -366,7 +512,8 @@ def test_a_replica_that_stops_is_skipped_in_one_line_and_no_request_fails(
     replica_url = cluster.url(harness.REPLICA_PORT, password=PASSWORD)
     primary = create_app_engine(cluster.primary)
     (replica,) = create_replica_engines([replica_url])
-    sessions = session_factory(primary, [replica])
+    # retry_after=0: every request tries the replica again, and fails while it is down.
+    sessions = session_factory(primary, [replica], retry_after=0)
 
     def request(n: int) -> bool:
         """One search; whether the replica served it."""
@@ -382,17 +529,45 @@ def test_a_replica_that_stops_is_skipped_in_one_line_and_no_request_fails(
             assert replica.pool.checkedin() > 1  # idle connections to the replica
             cluster.stop_replica()  # ends them, as a failover or a restart would
             assert not any(threads.map(request, range(40)))
-        lines = skip_lines(caplog)
-        assert 1 <= len(lines) <= 4  # once per thread that tried it at most, not per request
-        for line in lines:
+            out, back = out_and_back(caplog)
+            (line,) = out  # one line for the outage, not one per request or thread
+            assert back == []
             assert "\n" not in line
             assert "postgres:***@" in line
             assert PASSWORD not in line
+            cluster.start_replica()
+            assert all(threads.map(request, range(40)))
+        out, back = out_and_back(caplog)
+        assert len(out) == 1
+        assert back == [f"Read replica {display(replica.url)} is back: its reads go to it again"]
     finally:
         cluster.start_replica()
-    # A factory whose replica is not being skipped finds it back through the same engine.
-    assert session_factory(primary, [replica])().execute(search(QUERIES[0])).first()[1]  # type: ignore[index]
-    primary.dispose()
+        primary.dispose()
+        replica.dispose()
+
+
+def test_the_skip_line_masks_a_password_the_driver_message_quotes(
+    cluster: harness.Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A driver message that contains the replica's password (here: a database named like it,
+    which the server quotes) is logged with it masked, in each of the password's spellings."""
+    caplog.set_level(logging.WARNING, logger=SKIPPED)
+    password = "pw with space+&"
+    spellings = [password, quote(password, safe=""), quote_plus(password)]
+    (replica,) = create_replica_engines([cluster.url(harness.REPLICA_PORT, password=password)])
+    for database in spellings:
+        mistyped = create_engine(cluster.replica.set(database=database))
+        with pytest.raises(OperationalError) as refused:
+            mistyped.connect()
+        mistyped.dispose()
+        assert database in str(refused.value.orig)  # the server quotes it
+        ReadReplicas([replica]).skip(replica, refused.value)
+    lines = replica_lines(caplog)
+    assert len(lines) == len(spellings)
+    for line in lines:
+        assert f"Read replica {display(replica.url)} " in line
+        assert 'database "***" does not exist' in line
+        assert not any(spelling in line for spelling in spellings)
     replica.dispose()
 
 
@@ -416,9 +591,10 @@ def test_async_reads_survive_a_replica_that_stops(
             assert all(await asyncio.gather(*(request(n) for n in range(16))))
             await asyncio.to_thread(cluster.stop_replica)
             assert not any(await asyncio.gather(*(request(n) for n in range(16))))
+            assert [len(lines) for lines in out_and_back(caplog)] == [1, 0]
             await asyncio.to_thread(cluster.start_replica)
             # retry_after=0: the next read tries the replica again, and finds it.
-            assert await request(0)
+            assert all(await asyncio.gather(*(request(n) for n in range(16))))
         finally:
             await primary.dispose()
             for engine in replicas:
@@ -428,7 +604,7 @@ def test_async_reads_survive_a_replica_that_stops(
         asyncio.run(main())
     finally:
         cluster.start_replica()
-    assert skip_lines(caplog)
+    assert [len(lines) for lines in out_and_back(caplog)] == [1, 1]
 
 
 def test_replica_urls_come_from_the_environment_with_their_passwords_masked() -> None:
@@ -450,3 +626,48 @@ def test_replica_urls_come_from_the_environment_with_their_passwords_masked() ->
         assert message in str(refused.value)
         assert PASSWORD not in str(refused.value)
         assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("separator", [",", " , ", "\n", "\n\n", ",\n", " ", "\t"], ids=repr)
+def test_replica_urls_are_separated_by_commas_or_whitespace(separator: str) -> None:
+    # A YAML block scalar (DATABASE_REPLICA_URLS: |) gives one URL a line, and a final newline.
+    raw = f"postgresql://app:{PASSWORD}@r1/app{separator}postgres://app:x@r2:6432/app\n"
+    urls = replica_urls({REPLICA_URLS_ENV: raw})
+    assert [(url.host, url.port, url.password) for url in urls] == [
+        ("r1", None, PASSWORD),
+        ("r2", 6432, "x"),
+    ]
+
+
+SEPARATORS = "separate the URLs with commas, spaces or newlines"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            f"postgresql://app:{PASSWORD}@r1/app;postgresql://app:{PASSWORD}@r2/app",
+            f"{REPLICA_URLS_ENV} (URL 1) holds more than one URL; {SEPARATORS}",
+            id="semicolon",
+        ),
+        pytest.param(
+            f"postgresql://r1/app,postgresql://app:{PASSWORD}@r2/app|postgresql://r3/app",
+            f"{REPLICA_URLS_ENV} (URL 2) holds more than one URL; {SEPARATORS}",
+            id="pipe",
+        ),
+        pytest.param(
+            "postgresql://app:Quokka7 Wombat9@r1/app",
+            f"{REPLICA_URLS_ENV} (URL 2) is no URL of its own; {SEPARATORS}, "
+            "so URL-encode a space or comma in a password (%20, %2C)",
+            id="raw space in a password",
+        ),
+    ],
+)
+def test_replica_urls_joined_otherwise_are_refused_saying_what_separates_them(
+    raw: str, message: str
+) -> None:
+    with pytest.raises(DatabaseConfigError) as refused:
+        replica_urls({REPLICA_URLS_ENV: raw})
+    assert str(refused.value) == message
+    for secret in (PASSWORD, "Quokka7", "Wombat9"):
+        assert secret not in str(refused.value)
