@@ -20,6 +20,7 @@ from pgvector_base.database import resolve_url
 from pgvector_base.migration import (
     builds,
     comparison,
+    distribution,
     enums,
     errors,
     exclusion,
@@ -52,8 +53,9 @@ def configure(**kwargs: Any) -> None:
         compare_type=True,
         # Alembic's comparators plus ours: index definitions and vector dimensions; before any
         # comparison, a check of the models' vector indexes against pgvector; after it, CREATE
-        # SCHEMA where needed, no stored vector dropped unasked, and the library type each of the
-        # team's own column types is written as. (Enum types compare through
+        # SCHEMA where needed, no stored vector dropped unasked, each table placed on a Citus
+        # cluster as its model declares, and the library type each of the team's own column
+        # types is written as. (Enum types compare through
         # alembic-postgresql-enum, which needs no entry here: see enums.py.)
         autogenerate_plugins=[
             "alembic.autogenerate.*",
@@ -61,6 +63,7 @@ def configure(**kwargs: Any) -> None:
             validation.PLUGIN_NAME,
             schemas.PLUGIN_NAME,
             stored_vectors.PLUGIN_NAME,
+            distribution.PLUGIN_NAME,
             rendering.PLUGIN_NAME,
         ],
         render_item=rendering.render_item,

@@ -37,7 +37,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import InvalidatePoolError, InvalidRequestError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -526,11 +526,59 @@ def async_session_factory(
 def set_local(executor: Session | Connection, settings: Mapping[str, str]) -> None:
     """Apply ``settings`` until the current transaction ends, like ``SET LOCAL``.
 
-    ``set_config(name, value, true)`` takes the name and value as bound parameters, where ``SET``
-    would need them spliced into the SQL. A transaction-local setting cannot outlive the
-    transaction, so it never reaches the next user of a pooled connection.
+    A transaction-local setting cannot outlive the transaction, so it never reaches the next user
+    of a pooled connection. On one server, ``set_config(name, value, true)`` takes the name and
+    value as bound parameters. On a Citus node it would stay on the coordinator, and a
+    distributed query's shards would run without it, silently: there the settings are sent as
+    ``SET LOCAL`` after ``SET LOCAL citus.propagate_set_commands = 'local'``, which Citus
+    forwards to every worker connection of the transaction (docs/citus.md). Whether the server
+    runs Citus is asked once per pooled connection.
     """
-    if settings:
-        executor.execute(
+    if not settings:
+        return
+    connection = executor if isinstance(executor, Connection) else executor.connection()
+    if not _runs_citus(connection):
+        connection.execute(
             select(*(func.set_config(name, value, True) for name, value in settings.items()))
         )
+        return
+    # SET takes no bound parameters: each name is checked, each value quoted as a literal.
+    statements = [f"SET LOCAL {_CITUS_PROPAGATION} = 'local'"]
+    for name, value in settings.items():
+        if not _SETTING_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a setting's name")
+        statements.append(f"SET LOCAL {name} = {_literal(value)}")
+    # One statement each: psycopg 3 prepares a statement run often enough (at once with
+    # prepare_threshold=0), and no statement of several commands can be prepared. Sent with no
+    # parameters at all, or the driver would read a % in a value as a placeholder.
+    for statement in statements:
+        connection.exec_driver_sql(statement, execution_options={"no_parameters": True})
+
+
+_CITUS_PROPAGATION = "citus.propagate_set_commands"
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+# Key of the pooled connection's info: True on a server that loaded Citus.
+_CITUS = "pgvector_base.citus"
+
+
+def _literal(value: str) -> str:
+    """``value`` as an escape string literal, which reads the same whatever
+    ``standard_conforming_strings`` is."""
+    if "\0" in value:
+        raise ValueError(f"{value!r} is not a setting's value")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _runs_citus(connection: Connection) -> bool:
+    """Whether ``connection``'s server has loaded Citus (``shared_preload_libraries``); asked
+    once per pooled connection, whose info keeps the answer while it lives."""
+    known = connection.info.get(_CITUS)
+    if known is None:
+        # pg_settings lists a setting once its library has defined it, never a placeholder.
+        known = connection.info[_CITUS] = bool(
+            connection.scalar(
+                text("SELECT EXISTS (SELECT FROM pg_settings WHERE name = :name)"),
+                {"name": _CITUS_PROPAGATION},
+            )
+        )
+    return bool(known)

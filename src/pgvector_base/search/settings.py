@@ -1,8 +1,8 @@
 """Index settings for one search or one transaction, checked against pgvector's ranges.
 
 Index settings (``hnsw.ef_search``, ``ivfflat.probes`` and pgvector 0.8's iterative scans) are
-set with ``set_config(..., true)`` (:func:`~pgvector_base.session.set_local`), which lasts until
-the transaction ends and so never reaches another user of a pooled connection.
+set transaction-locally by :func:`~pgvector_base.session.set_local` (on a Citus coordinator, on
+its workers too), so they never reach another user of a pooled connection.
 """
 
 from __future__ import annotations
