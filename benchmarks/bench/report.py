@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench.async_throughput import KEYS as ASYNC_KEYS
 from benchmarks.bench.backfill import BACKFILL, READER
 from benchmarks.bench.build import BUILD_ALEMBIC
 from benchmarks.bench.common import (
@@ -17,7 +18,7 @@ from benchmarks.bench.common import (
     Spread,
     Throughput,
 )
-from benchmarks.bench.load import COLUMNS, LISTS, NUMPY_ROWS
+from benchmarks.bench.load import COLUMNS, COLUMNS_PSYCOPG3, LISTS, LISTS_PSYCOPG3, NUMPY_ROWS
 from benchmarks.bench.quantized import (
     BINARY_INDEX,
     HALFVEC_INDEX,
@@ -45,10 +46,14 @@ def goals(results: Results) -> list[Goal]:
             Goal(f"{loads[name].method} over the server's COPY from a file", ratio, target)
             for name, ratio, target in (
                 (COLUMNS, loads[COLUMNS].over_file_copy, 0.9),
+                (COLUMNS_PSYCOPG3, loads[COLUMNS_PSYCOPG3].over_file_copy, 0.9),
                 (NUMPY_ROWS, loads[NUMPY_ROWS].over_file_copy, 0.9),
-                (LISTS, loads[LISTS].over_file_copy, 0.8),
+                (LISTS_PSYCOPG3, loads[LISTS_PSYCOPG3].over_file_copy, 0.8),
             )
         ]
+        lists = loads[LISTS].over_psycopg3
+        if lists is not None:
+            found.append(Goal(f"{LISTS} (psycopg2) over the same through psycopg 3", lists, 0.9))
     alembic = [build.over_tuned for build in results.builds if build.method == BUILD_ALEMBIC]
     if alembic and alembic[0] is not None:
         found.append(
@@ -85,9 +90,13 @@ def goals(results: Results) -> list[Goal]:
             Goal("nearest_keys() QPS over pgbench QPS, N = 4", four[0].keys_over_pgbench, 0.9),
         ]
     found += [
-        Goal("async nearest_keys() QPS over pgbench QPS, N = 4 tasks", t.keys_over_pgbench, 0.7)
+        Goal(
+            f"async nearest_keys() QPS over raw async psycopg's, N = {t.tasks} tasks",
+            t.over_psycopg,
+            0.8,
+        )
         for t in results.async_throughput
-        if t.clients == 4
+        if t.method == ASYNC_KEYS and t.tasks in (1, 4)
     ]
     refills = {refill.method: refill for refill in results.backfill}
     if refills:
@@ -155,12 +164,15 @@ def markdown(results: Results, *, charts: list[str]) -> str:
     if results.loads:
         lines += [
             "",
-            "| Loading | Rows | Seconds | Rows/s | / COPY from a file | / INSERT ... SELECT |",
-            "|---|--:|--:|--:|--:|--:|",
+            "| Loading | Rows | Seconds | Rows/s | / COPY from a file | / INSERT ... SELECT "
+            "| psycopg2 / psycopg 3 |",
+            "|---|--:|--:|--:|--:|--:|--:|",
             *(
                 f"| {load.method} | {load.rows:,} | {load.seconds.show()} | "
                 f"{load.rows_per_second:,.0f} | {load.over_file_copy.show()} | "
-                f"{load.over_insert_select.show()} |"
+                f"{load.over_insert_select.show()} | "
+                + ("" if load.over_psycopg3 is None else load.over_psycopg3.show())
+                + " |"
                 for load in results.loads
             ),
         ]
@@ -193,9 +205,19 @@ def markdown(results: Results, *, charts: list[str]) -> str:
             ),
         ]
     lines += throughput_table("Clients", results.throughput)
-    lines += throughput_table(
-        "Async tasks, one process, a session per request", results.async_throughput
-    )
+    if results.async_throughput:
+        lines += [
+            "",
+            "| Async tasks, one process, a session per request (HNSW, ef_search = "
+            f"{DEFAULT_EF_SEARCH}) | QPS | p50 / p95 / p99 ms | / raw async psycopg "
+            "| / pgbench -M prepared |",
+            "|---|--:|--:|--:|--:|",
+            *(
+                f"| {t.tasks} tasks: {t.method} | {t.qps.show(0)} | {milliseconds(t.ms)} "
+                f"| {t.over_psycopg.show()} | {t.over_pgbench.show()} |"
+                for t in results.async_throughput
+            ),
+        ]
     if results.replica:
         lines += [
             "",

@@ -33,7 +33,8 @@ EXPECTED = {
         "| server: COPY FROM a file (binary) |",
         "| loader: numpy column batch |",
         "| loader: rows of Python lists |",
-        "| loader: rows of Python lists over the server's COPY from a file |",
+        "| loader: rows of Python lists, psycopg 3 over the server's COPY from a file |",
+        "| loader: rows of Python lists (psycopg2) over the same through psycopg 3 |",
     ],
     "build": [
         "| server defaults |",
@@ -49,8 +50,10 @@ EXPECTED = {
     ],
     "async": [
         "| Async tasks, one process, a session per request (HNSW, ef_search = 40) |",
-        "| 4 | ",
-        "| async nearest_keys() QPS over pgbench QPS, N = 4 tasks |",
+        "| 4 tasks: raw async psycopg, same SQL |",
+        "| 4 tasks: pgbench -M simple |",
+        "| async nearest_keys() QPS over raw async psycopg's, N = 1 tasks |",
+        "| async nearest_keys() QPS over raw async psycopg's, N = 4 tasks |",
     ],
     # The part checks that the routed searches, and only they, were served by the replica.
     "replica": [
