@@ -8,10 +8,10 @@ On one table ``item (id bigint primary key, category int, embedding vector(dim))
 per part:
 
 * load (:mod:`.load`): the same rows by the template's loader given numpy column batches, numpy
-  rows and Python lists, against two bounds that have no client: the server's own ``COPY ... FROM
-  '<file>' (FORMAT binary)`` of the same rows (what any COPY client could reach), and ``INSERT ...
-  SELECT`` from a table that holds them (no receive functions either). ORM ``add_all``,
-  executemany and text COPY load a sample for context;
+  rows and Python lists (column batches and lists through psycopg 3 too), against two bounds that
+  have no client: the server's own ``COPY ... FROM '<file>' (FORMAT binary)`` of the same rows
+  (what any COPY client could reach), and ``INSERT ... SELECT`` from a table that holds them (no
+  receive functions either). ORM ``add_all``, executemany and text COPY load a sample for context;
 * build (:mod:`.build`): the HNSW index (cosine, m = 16, ef_construction = 64) with the server's
   defaults, with :class:`~pgvector_base.loading.BuildSettings`, and through ``alembic upgrade``
   with the settings :mod:`pgvector_base.migration.builds` gives migrations;
@@ -22,7 +22,8 @@ per part:
   time taken apart; then throughput from N = 1, 2, 4, 8 client processes for a fixed time against
   ``pgbench`` running the same SQL with the same query vectors;
 * async (:mod:`.async_throughput`): N = 1, 4, 16 asyncio tasks in one process, a session per
-  request through :class:`~pgvector_base.aio.AsyncVectorSearch`, against pgbench;
+  request through :class:`~pgvector_base.aio.AsyncVectorSearch`, against raw async psycopg running
+  the same SQL (the template's own cost) and pgbench in its prepared, extended and simple modes;
 * prepared (:mod:`.prepared`): server-side prepared statements off and on, in the
   session-per-request pattern;
 * hybrid (:mod:`.hybrid`, :mod:`.datasets`): :class:`~pgvector_base.search.HybridSearch` beside
@@ -33,6 +34,9 @@ per part:
   column with a free embed function, against the server's ``UPDATE ... FROM`` a table holding the
   same vectors, batch for batch; and a reader's p99 during a backfill over before it;
 * startup (:mod:`.startup`): ``alembic current`` in the template against stock Alembic's;
+* quantized (:mod:`.quantized`): the vector HNSW index, a halfvec expression index and binary
+  quantization re-ranked at 2, 4 and 8 times oversampling: size, build time, p50 and recall@k by
+  :func:`~pgvector_base.search.measure_recall`, on a table of their own;
 * tenants (:mod:`.tenants`): searches for tenants of 0.1%, 1%, 10% and 50% of the rows, served
   by the shared index (plain, with strict and relaxed iterative scans), by the tenant's own
   partition and by an exact scan: p50 and recall@k against the exact answer among its rows;

@@ -33,6 +33,7 @@ from benchmarks.bench.common import (
 from benchmarks.bench.hybrid import measure_hybrid
 from benchmarks.bench.load import measure_loads
 from benchmarks.bench.prepared import measure_prepared
+from benchmarks.bench.quantized import measure_quantized
 from benchmarks.bench.query import measure_overhead, measure_queries
 from benchmarks.bench.replica import measure_replica
 from benchmarks.bench.report import draw_charts, goals, markdown, serialized
@@ -60,6 +61,7 @@ PARTS = (
     "replica",
     "backfill",
     "startup",
+    "quantized",
     "tenants",
     "scaling",
 )
@@ -238,13 +240,24 @@ def application_parts(
     data: Data,
     args: argparse.Namespace,
 ) -> None:
-    """The backfill, start-up and tenants parts, as ``--only`` asks."""
+    """The backfill, start-up, quantized-index and tenants parts, as ``--only`` asks."""
     if "backfill" in parts:
         results.backfill = measure_backfill(
             engine, app, model=model, data=data, repeats=args.repeats, duration=args.duration
         )
     if "startup" in parts:
         results.startup = measure_startup(url, args.repeats)
+    if "quantized" in parts:
+        results.quantized, results.quantized_missing = measure_quantized(
+            engine,
+            app,
+            rows=args.rows,
+            dim=args.dim,
+            queries=args.queries,
+            k=args.k,
+            repeats=args.repeats,
+            seed=args.seed,
+        )
     if "tenants" in parts:
         results.tenants = measure_tenants(
             engine,

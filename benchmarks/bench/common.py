@@ -108,7 +108,8 @@ def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Spread
 
 @dataclass(frozen=True)
 class Load:
-    """One loading method, and its rate over the two client-free bounds, turn by turn."""
+    """One loading method, and its rate over the two client-free bounds (and, for a psycopg2
+    method of the loader, over the same input through psycopg 3), turn by turn."""
 
     method: str
     rows: int
@@ -116,6 +117,7 @@ class Load:
     rows_per_second: float
     over_file_copy: Spread
     over_insert_select: Spread
+    over_psycopg3: Spread | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,19 @@ class Throughput:
     pgbench_ms: tuple[float, float, float]
     app_over_pgbench: Spread
     keys_over_pgbench: Spread
+
+
+@dataclass(frozen=True)
+class AsyncThroughput:
+    """N async tasks for a fixed time, one way: QPS, latency, and QPS over raw async psycopg's
+    and pgbench's (prepared) in the same turns."""
+
+    tasks: int
+    method: str
+    qps: Spread
+    ms: tuple[float, float, float]
+    over_psycopg: Spread
+    over_pgbench: Spread
 
 
 @dataclass(frozen=True)
@@ -236,6 +251,20 @@ class TenantFigures:
 
 
 @dataclass(frozen=True)
+class Quantized:
+    """One index kind (and oversampling) on one data set: its size, build time, p50 and recall."""
+
+    data: str
+    kind: str
+    index: str
+    oversampling: int | None
+    build_seconds: Spread
+    index_mb: float
+    p50_ms: Spread
+    recall: float
+
+
+@dataclass(frozen=True)
 class Startup:
     """One command's wall time, and its time over stock Alembic's, turn by turn."""
 
@@ -290,11 +319,13 @@ class Results:
     filtered: list[Queries] = field(default_factory=list)
     overhead: list[Overhead] = field(default_factory=list)
     throughput: list[Throughput] = field(default_factory=list)
-    async_throughput: list[Throughput] = field(default_factory=list)
+    async_throughput: list[AsyncThroughput] = field(default_factory=list)
     replica: list[Routing] = field(default_factory=list)
     prepared: list[Prepared] = field(default_factory=list)
     hybrid: HybridRun | None = None
     scaling: list[Scale] = field(default_factory=list)
+    quantized: list[Quantized] = field(default_factory=list)
+    quantized_missing: str = ""
     tenants: list[TenantFigures] = field(default_factory=list)
     startup: list[Startup] = field(default_factory=list)
     backfill: list[Refill] = field(default_factory=list)

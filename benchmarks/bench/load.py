@@ -25,6 +25,9 @@ COLUMNS = "loader: numpy column batch"
 NUMPY_ROWS = "loader: rows of 1-D numpy arrays"
 LISTS = "loader: rows of Python lists"
 COLUMNS_PSYCOPG3 = "loader: numpy column batch, psycopg 3"
+LISTS_PSYCOPG3 = "loader: rows of Python lists, psycopg 3"
+# Each psycopg2 method of the loader, and the same input through psycopg 3.
+PSYCOPG3_TWINS = {COLUMNS: COLUMNS_PSYCOPG3, LISTS: LISTS_PSYCOPG3}
 ORM = "ORM add_all"
 # ORM add_all, executemany and text COPY load a few thousand rows per second whatever the
 # table's size: a sample of this many shows it.
@@ -66,6 +69,7 @@ def measure_loads(
             NUMPY_ROWS: (rows, engine, lambda c: copy_rows(c, table, data.numpy_rows)),
             LISTS: (rows, engine, lambda c: copy_rows(c, table, data.lists)),
             COLUMNS_PSYCOPG3: (rows, app, lambda c: copy_rows(c, table, data.columns)),
+            LISTS_PSYCOPG3: (rows, app, lambda c: copy_rows(c, table, data.lists)),
             ORM: (len(sample), engine, lambda c: orm_add_all(c, model, sample)),
             "executemany INSERT": (len(sample), engine, lambda c: executemany(c, table, sample)),
             "text COPY": (len(sample), engine, lambda c: text_copy(c, sample)),
@@ -84,6 +88,7 @@ def measure_loads(
             count / statistics.median(seconds[name]),
             ratios(rates[name], rates[FILE_COPY]),
             ratios(rates[name], rates[INSERT_SELECT]),
+            ratios(rates[name], rates[PSYCOPG3_TWINS[name]]) if name in PSYCOPG3_TWINS else None,
         )
         for name, (count, *_) in methods.items()
     ]

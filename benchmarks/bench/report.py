@@ -1,4 +1,4 @@
-"""The results: goals, Markdown tables, JSON and two charts."""
+"""The results: goals, Markdown tables, JSON and charts."""
 
 from __future__ import annotations
 
@@ -6,23 +6,35 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench.async_throughput import KEYS as ASYNC_KEYS
 from benchmarks.bench.backfill import BACKFILL, READER
 from benchmarks.bench.build import BUILD_ALEMBIC
 from benchmarks.bench.common import (
     DEFAULT_EF_SEARCH,
     Goal,
+    Quantized,
     Queries,
     Results,
     Spread,
     Throughput,
 )
-from benchmarks.bench.load import COLUMNS, LISTS, NUMPY_ROWS
+from benchmarks.bench.load import COLUMNS, COLUMNS_PSYCOPG3, LISTS, LISTS_PSYCOPG3, NUMPY_ROWS
+from benchmarks.bench.quantized import (
+    BINARY_INDEX,
+    HALFVEC_INDEX,
+    KINDS,
+    VECTOR_INDEX,
+    smallest_oversampling,
+)
 from benchmarks.bench.query import KEYS, NEAREST
 from benchmarks.bench.replica import REPLICA_ROWS
 from benchmarks.bench.startup import TEMPLATE
 
+from pgvector_base.search.quantized import DEFAULT_OVERSAMPLING
+
 RECALL_CHART = "recall_latency.png"
 THROUGHPUT_CHART = "throughput.png"
+QUANTIZED_CHART = "quantized_size_recall.png"
 
 
 def goals(results: Results) -> list[Goal]:
@@ -34,10 +46,14 @@ def goals(results: Results) -> list[Goal]:
             Goal(f"{loads[name].method} over the server's COPY from a file", ratio, target)
             for name, ratio, target in (
                 (COLUMNS, loads[COLUMNS].over_file_copy, 0.9),
+                (COLUMNS_PSYCOPG3, loads[COLUMNS_PSYCOPG3].over_file_copy, 0.9),
                 (NUMPY_ROWS, loads[NUMPY_ROWS].over_file_copy, 0.9),
-                (LISTS, loads[LISTS].over_file_copy, 0.8),
+                (LISTS_PSYCOPG3, loads[LISTS_PSYCOPG3].over_file_copy, 0.8),
             )
         ]
+        lists = loads[LISTS].over_psycopg3
+        if lists is not None:
+            found.append(Goal(f"{LISTS} (psycopg2) over the same through psycopg 3", lists, 0.9))
     alembic = [build.over_tuned for build in results.builds if build.method == BUILD_ALEMBIC]
     if alembic and alembic[0] is not None:
         found.append(
@@ -74,9 +90,13 @@ def goals(results: Results) -> list[Goal]:
             Goal("nearest_keys() QPS over pgbench QPS, N = 4", four[0].keys_over_pgbench, 0.9),
         ]
     found += [
-        Goal("async nearest_keys() QPS over pgbench QPS, N = 4 tasks", t.keys_over_pgbench, 0.7)
+        Goal(
+            f"async nearest_keys() QPS over raw async psycopg's, N = {t.tasks} tasks",
+            t.over_psycopg,
+            0.8,
+        )
         for t in results.async_throughput
-        if t.clients == 4
+        if t.method == ASYNC_KEYS and t.tasks in (1, 4)
     ]
     refills = {refill.method: refill for refill in results.backfill}
     if refills:
@@ -89,6 +109,27 @@ def goals(results: Results) -> list[Goal]:
         for step in results.startup
         if step.command == TEMPLATE
     ]
+    for data, figures in by_data(results.quantized).items():
+        vector = next(q for q in figures if q.index == VECTOR_INDEX)
+        # At the template's default oversampling, as a search gets it.
+        half = next(
+            q
+            for q in figures
+            if q.index == HALFVEC_INDEX and q.oversampling == DEFAULT_OVERSAMPLING["halfvec"]
+        )
+        found += [
+            Goal(
+                f"halfvec index size over the vector index's ({data})",
+                single(half.index_mb / vector.index_mb),
+                0.55,
+                at_most=True,
+            ),
+            Goal(
+                f"halfvec recall@{results.k} minus the vector index's ({data})",
+                single(half.recall - vector.recall),
+                -0.01,
+            ),
+        ]
     return found
 
 
@@ -123,12 +164,15 @@ def markdown(results: Results, *, charts: list[str]) -> str:
     if results.loads:
         lines += [
             "",
-            "| Loading | Rows | Seconds | Rows/s | / COPY from a file | / INSERT ... SELECT |",
-            "|---|--:|--:|--:|--:|--:|",
+            "| Loading | Rows | Seconds | Rows/s | / COPY from a file | / INSERT ... SELECT "
+            "| psycopg2 / psycopg 3 |",
+            "|---|--:|--:|--:|--:|--:|--:|",
             *(
                 f"| {load.method} | {load.rows:,} | {load.seconds.show()} | "
                 f"{load.rows_per_second:,.0f} | {load.over_file_copy.show()} | "
-                f"{load.over_insert_select.show()} |"
+                f"{load.over_insert_select.show()} | "
+                + ("" if load.over_psycopg3 is None else load.over_psycopg3.show())
+                + " |"
                 for load in results.loads
             ),
         ]
@@ -161,9 +205,19 @@ def markdown(results: Results, *, charts: list[str]) -> str:
             ),
         ]
     lines += throughput_table("Clients", results.throughput)
-    lines += throughput_table(
-        "Async tasks, one process, a session per request", results.async_throughput
-    )
+    if results.async_throughput:
+        lines += [
+            "",
+            "| Async tasks, one process, a session per request (HNSW, ef_search = "
+            f"{DEFAULT_EF_SEARCH}) | QPS | p50 / p95 / p99 ms | / raw async psycopg "
+            "| / pgbench -M prepared |",
+            "|---|--:|--:|--:|--:|",
+            *(
+                f"| {t.tasks} tasks: {t.method} | {t.qps.show(0)} | {milliseconds(t.ms)} "
+                f"| {t.over_psycopg.show()} | {t.over_pgbench.show()} |"
+                for t in results.async_throughput
+            ),
+        ]
     if results.replica:
         lines += [
             "",
@@ -222,6 +276,7 @@ def markdown(results: Results, *, charts: list[str]) -> str:
             f"| {reader.method} | {reader.before.show() if reader.before else ''} "
             f"| {reader.value.show()} | {reader.ratio.show()} |",
         ]
+    lines += quantized_table(results)
     if results.tenants:
         lines += [
             "",
@@ -428,7 +483,51 @@ def draw_charts(results: Results, directory: Path) -> list[str]:
         figure.savefig(directory / THROUGHPUT_CHART, dpi=100)
         plt.close(figure)
         written.append(THROUGHPUT_CHART)
+    if results.quantized:
+        draw_size_against_recall(results, directory / QUANTIZED_CHART)
+        written.append(QUANTIZED_CHART)
     return written
+
+
+def by_data(figures: list[Quantized]) -> dict[str, list[Quantized]]:
+    """The quantized part's figures by data set, in the order measured."""
+    grouped: dict[str, list[Quantized]] = {}
+    for figure in figures:
+        grouped.setdefault(figure.data, []).append(figure)
+    return grouped
+
+
+def quantized_table(results: Results) -> list[str]:
+    """The quantized part: a table per data set, and the oversampling each kind needs."""
+    lines: list[str] = []
+    sample = min(results.queries, results.rows)
+    for data, figures in by_data(results.quantized).items():
+        vector_mb = next(q.index_mb for q in figures if q.index == VECTOR_INDEX)
+        lines += [
+            "",
+            f"| Quantized index, {data} (recall by measure_recall over {sample} stored rows) "
+            "| Index MB | / vector's | Build s | nearest_keys() p50 ms (ef_search "
+            f"= {DEFAULT_EF_SEARCH}) | Recall@{results.k} |",
+            "|---|--:|--:|--:|--:|--:|",
+            *(
+                f"| {q.kind} | {q.index_mb:,.1f} | {q.index_mb / vector_mb:.2f} | "
+                f"{q.build_seconds.show(1)} | {q.p50_ms.show()} | {q.recall:.3f} |"
+                for q in figures
+            ),
+            "",
+        ]
+        for index in (HALFVEC_INDEX, BINARY_INDEX):
+            tried = [q for q in figures if q.index == index]
+            smallest = smallest_oversampling(figures, index)
+            lines.append(
+                f"{KINDS[index]} reaches recall@{results.k} >= 0.95 from {smallest}x oversampling."
+                if smallest
+                else f"{KINDS[index]} stays below recall@{results.k} 0.95: {tried[-1].recall:.3f} "
+                f"at {tried[-1].oversampling}x, the largest tried."
+            )
+    if results.quantized_missing:
+        lines += ["", f"No real vectors: {results.quantized_missing}."]
+    return lines
 
 
 def point_label(queries: Queries) -> str:
@@ -437,3 +536,35 @@ def point_label(queries: Queries) -> str:
         return "exact"
     name, value = queries.method.removeprefix("HNSW, ").split(" = ")
     return value if name == "iterative_scan" else f"ef {value}"
+
+
+def draw_size_against_recall(results: Results, path: Path) -> None:
+    """The quantized part's chart: each index kind's size against its recall."""
+    import matplotlib.pyplot as plt  # after draw_charts chose the Agg backend
+
+    figure, axes = plt.subplots(figsize=(8, 5), layout="constrained")
+    for (data, figures), marker in zip(by_data(results.quantized).items(), "os", strict=False):
+        axes.plot(
+            [q.index_mb for q in figures],
+            [q.recall for q in figures],
+            marker=marker,
+            linestyle="",
+            label=data.split(" (")[0],  # without the package's name and version
+        )
+        # The halfvec points coincide (the same index, the same recall): one label for them.
+        labels = {
+            (q.index_mb, q.recall): (
+                f"binary {q.oversampling}x" if q.index == BINARY_INDEX else q.index.split("_")[-1]
+            )
+            for q in reversed(figures)
+        }
+        for point, label in labels.items():
+            axes.annotate(label, point, textcoords="offset points", xytext=(6, -4), fontsize=8)
+    axes.set_xlim(left=0)
+    axes.set_xlabel("index size, MB")
+    axes.set_ylabel(f"recall@{results.k} (measure_recall)")
+    axes.set_title(f"Index size against recall, ef_search = {DEFAULT_EF_SEARCH}, k = {results.k}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="center right")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -200,9 +200,10 @@ def pgbench_scripts(
         shutil.rmtree(directory)
 
 
-def pgbench(url: URL, scripts: list[Path], duration: int, n: int) -> Run:
-    """Run pgbench with ``n`` clients (and threads), prepared statements and the scripts chosen
-    at random; return its QPS and every transaction's latency from its log."""
+def pgbench(url: URL, scripts: list[Path], duration: int, n: int, mode: str = "prepared") -> Run:
+    """Run pgbench with ``n`` clients (and threads), the query ``mode`` (prepared statements by
+    default) and the scripts chosen at random; return its QPS and every transaction's latency
+    from its log."""
     directory = scripts[0].parent
     for log in directory.glob("log.*"):
         log.unlink()
@@ -220,7 +221,7 @@ def pgbench(url: URL, scripts: list[Path], duration: int, n: int) -> Run:
             str(PGBENCH),
             "-n",
             "-M",
-            "prepared",
+            mode,
             "-c",
             str(n),
             "-j",

@@ -57,8 +57,10 @@ class AsyncVectorSearch(Generic[ModelT]):
         model: type[ModelT],
         attribute: InstrumentedAttribute[Any],
         distance: Distance | None = None,
+        *,
+        index: str | None = None,
     ) -> None:
-        self.search = VectorSearch(model, attribute, distance)
+        self.search = VectorSearch(model, attribute, distance, index=index)
         """The sync search, for sync sessions and for :meth:`VectorSearch.statement`."""
 
     @property

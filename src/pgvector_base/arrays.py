@@ -67,9 +67,13 @@ class Layout:
             self._columns.append((name, dtype, dim))
         self.dtype = np.dtype(fields)
 
-    def encode(self, values: Sequence[Any]) -> bytes | None:
+    def encode(self, values: Sequence[Any]) -> memoryview | None:
         """Rows given as one array-like per column, encoded; ``None`` when some value is not
-        exactly what the column stores (a NULL, a wrong type, size or range, NaN, infinity)."""
+        exactly what the column stores (a NULL, a wrong type, size or range, NaN, infinity).
+
+        The encoding is a view of a new array, not a copy of it: a slice is megabytes, and each
+        copy of it costs a fresh allocation's page faults as well as the copying.
+        """
         try:
             arrays = [np.asarray(column) for column in values]
         except (ValueError, TypeError, OverflowError):
@@ -87,15 +91,18 @@ class Layout:
                 continue
             if array.shape != (count, dim) or array.dtype.kind not in "fiu":
                 return None
+            # Values of the column's own type, in either byte order, are stored exactly as they
+            # are: checked where they are and swapped as they are copied into the rows.
+            exact = array.dtype.kind == "f" and array.dtype.itemsize == dtype.itemsize
             with np.errstate(all="ignore"):
-                converted = array.astype(dtype)
+                converted = array if exact else array.astype(dtype)
             if not np.isfinite(converted).all():
                 return None
             field["size"] = 4 + dtype.itemsize * dim
             field["dim"] = dim
             field["unused"] = 0
             field["value"] = converted
-        return bytes(rows.tobytes())
+        return rows.data.cast("B")
 
 
 def _value_type(column: Column[Any]) -> tuple[np.dtype[Any], int | None]:

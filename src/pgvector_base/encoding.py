@@ -12,9 +12,9 @@ References: PostgreSQL "COPY", section "Binary Format"; pgvector's ``src/vector.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import sys
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -75,7 +75,10 @@ class TableEncoder:
         hnsw_sparse: Mapping[str, str] | None = None,
     ) -> None:
         self.columns = columns
-        self._encode_row = _row_encoder(columns, encoding, hnsw_sparse or {})
+        self._general = _field_by_field(columns, encoding, hnsw_sparse or {})
+        self.fast = _fast_encoder(columns)
+        """Packs a row of exactly the expected types, or returns ``None`` (see
+        :func:`_fast_encoder`); ``None`` itself when some column has no fixed width."""
         fixed = all(_fixed_layout(column) is not None for column in columns)
         vectors = [i for i, c in enumerate(columns) if isinstance(c.type, VECTOR | HALFVEC)]
         # Only rows whose every column has a fixed width can be encoded as one structured array.
@@ -84,21 +87,32 @@ class TableEncoder:
 
     def row(self, row: Sequence[Any], line: int) -> bytes:
         """One row, or a :class:`LoadError` naming ``line``."""
+        if self.fast is not None and (encoded := self.fast(row)) is not None:
+            return encoded
         try:
-            return self._encode_row(row)
+            return self._general(row)
         except (ValueError, TypeError) as error:
             raise LoadError(line, str(error)) from None
 
-    def gathers(self, row: object) -> bool:
-        """Whether ``row`` is encoded with its neighbours as columns: its vectors are arrays."""
+    def gathered(self, rows: Sequence[Any], start: int, stop: int) -> int:
+        """How many of ``rows[start:stop]``, from the first, are encoded together as columns:
+        rows of the COPY's width whose vectors are all numpy arrays.
+
+        Called once per slice of rows rather than once per row: a row costs a few type checks.
+        """
         ndarray = ndarray_type()
-        return (
-            ndarray is not None
-            and bool(self._gathered)
-            and type(row) in ROW_TYPES
-            and len(row) == len(self.columns)  # type: ignore[arg-type]
-            and all(type(row[i]) is ndarray for i in self._gathered)  # type: ignore[index]
-        )
+        if ndarray is None or not self._gathered:
+            return 0
+        width = len(self.columns)
+        positions = self._gathered
+        for number in range(start, stop):
+            row = rows[number]
+            if type(row) not in ROW_TYPES or len(row) != width:
+                return number - start
+            for position in positions:
+                if type(row[position]) is not ndarray:
+                    return number - start
+        return stop - start
 
     def batch(self, columns: Mapping[str, Any], line: int) -> list[Any]:
         """The values of a column batch in the COPY's column order, all of one length."""
@@ -122,7 +136,7 @@ class TableEncoder:
             raise LoadError(line, f"the columns of a column batch differ in length: {described}")
         return values
 
-    def columns_of(self, values: Sequence[Any], first_line: int) -> bytes:
+    def columns_of(self, values: Sequence[Any], first_line: int) -> bytes | memoryview:
         """Rows given as one sequence per column, encoded by numpy when every value fits;
         otherwise row by row, which names the first bad row.
 
@@ -134,7 +148,7 @@ class TableEncoder:
                 from pgvector_base.arrays import Layout
 
                 self._layout = Layout(self.columns)
-            encoded: bytes | None = self._layout.encode(values)
+            encoded: memoryview | None = self._layout.encode(values)
             if encoded is not None:
                 return encoded
         # Python values, so that a message shows 6 where numpy would show np.int64(6).
@@ -149,13 +163,15 @@ class TableEncoder:
 class Source:
     """The rows to copy, encoded into pieces of up to one COPY's worth.
 
-    Rows are encoded one by one, except consecutive rows whose vectors are numpy arrays, which
-    are gathered into columns; columns are encoded ``COLUMN_SLICE`` rows at a time.
+    Rows are read ``COLUMN_SLICE`` at a time. Runs of consecutive rows whose vectors are numpy
+    arrays are gathered into columns, and columns are encoded ``COLUMN_SLICE`` rows at a time;
+    other rows are encoded one by one.
     """
 
     def __init__(self, items: Iterable[Any], encoder: TableEncoder) -> None:
         self._items = iter(items)
-        self._ahead: deque[Any] = deque()
+        self._read: list[Any] = []  # rows read and not yet encoded, from self._next
+        self._next = 0
         self._encoder = encoder
         self._columns: list[Any] = []  # a column batch being sent, from self._offset
         self._offset = 0
@@ -164,58 +180,69 @@ class Source:
 
     def more(self) -> bool:
         """Whether any row is left to send."""
-        if self._offset < self._length or self._ahead:
+        if self._offset < self._length or self._next < len(self._read):
             return True
-        for item in self._items:
-            self._ahead.append(item)
-            return True
-        return False
+        self._read = list(itertools.islice(self._items, COLUMN_SLICE))
+        self._next = 0
+        return bool(self._read)
 
-    def pieces(self, limit: int) -> Iterator[bytes]:
-        """The next ``limit`` rows (or fewer, at the end), encoded; joined in pieces of at least
-        one read, so that a read is not a Python call per row."""
+    def pieces(self, limit: int) -> Iterator[bytes | memoryview]:
+        """The next ``limit`` rows (or fewer, at the end), encoded; rows joined in pieces of at
+        least one read, so that a read is not a Python call per row."""
         end = self.line + limit
-        chunk: list[bytes] = []
-        size = 0
         while self.line < end and self.more():
             if self._offset < self._length:
-                if chunk:
-                    yield b"".join(chunk)
-                    chunk, size = [], 0
                 yield self._next_columns(end)
                 continue
-            item = self._ahead.popleft()
-            if isinstance(item, Mapping):
-                self._start_columns(self._encoder.batch(item, self.line + 1))
-            elif self._encoder.gathers(item):
-                self._start_columns(list(zip(*self._gather(item, end), strict=True)))
-            else:
-                self.line += 1
-                encoded = self._encoder.row(item, self.line)
-                chunk.append(encoded)
-                size += len(encoded)
-                if size >= PIECE_SIZE:
-                    yield b"".join(chunk)
-                    chunk, size = [], 0
+            first = self._read[self._next]
+            if isinstance(first, Mapping):
+                self._next += 1
+                self._start_columns(self._encoder.batch(first, self.line + 1))
+                continue
+            stop = min(len(self._read), self._next + end - self.line)
+            gathered = self._encoder.gathered(self._read, self._next, stop)
+            if gathered:
+                rows = self._read[self._next : self._next + gathered]
+                self._next += gathered
+                self._start_columns(list(zip(*rows, strict=True)))
+                continue
+            yield from self._rows(stop)
+
+    def _rows(self, stop: int) -> Iterator[bytes]:
+        """Rows up to ``stop`` encoded one by one, until a column batch or a row to gather."""
+        encoder = self._encoder
+        fast = encoder.fast
+        chunk: list[bytes] = []
+        size = 0
+        for number in range(self._next, stop):
+            row = self._read[number]
+            encoded = fast(row) if fast is not None else None
+            if encoded is None:
+                # Not the first row: pieces() has found it is neither.
+                if number > self._next and (
+                    isinstance(row, Mapping) or encoder.gathered(self._read, number, number + 1)
+                ):
+                    stop = number
+                    break
+                encoded = encoder.row(row, self.line + number - self._next + 1)
+            chunk.append(encoded)
+            size += len(encoded)
+            if size >= PIECE_SIZE:
+                self.line += number + 1 - self._next
+                self._next = number + 1
+                yield b"".join(chunk)
+                chunk, size = [], 0
+        self.line += stop - self._next
+        self._next = stop
         if chunk:
             yield b"".join(chunk)
-
-    def _gather(self, first: Sequence[Any], end: int) -> list[Sequence[Any]]:
-        """``first`` and the rows after it like it, up to one slice and the COPY's ``end``."""
-        rows = [first]
-        wanted = min(COLUMN_SLICE, end - self.line)
-        while len(rows) < wanted and self.more():
-            if not self._encoder.gathers(self._ahead[0]):
-                break
-            rows.append(self._ahead.popleft())
-        return rows
 
     def _start_columns(self, values: list[Any]) -> None:
         self._columns = values
         self._offset = 0
         self._length = len(values[0]) if values else 0
 
-    def _next_columns(self, end: int) -> bytes:
+    def _next_columns(self, end: int) -> bytes | memoryview:
         stop = min(self._length, self._offset + COLUMN_SLICE, self._offset + end - self.line)
         part = [values[self._offset : stop] for values in self._columns]
         encoded = self._encoder.columns_of(part, self.line + 1)
@@ -230,10 +257,9 @@ def ndarray_type() -> Any:
     return numpy.ndarray if numpy is not None else None
 
 
-def _row_encoder(
-    columns: list[Column[Any]], encoding: str, hnsw_sparse: Mapping[str, str]
-) -> Encoder:
-    """A function from a row to its binary COPY tuple.
+def _fast_encoder(columns: list[Column[Any]]) -> Callable[[Any], bytes | None] | None:
+    """A function from a row to its binary COPY tuple, or to ``None`` for a row it does not take;
+    ``None`` itself when some column has no fixed width.
 
     This is the hot loop of a load. When every column has a fixed width (integers, booleans,
     vectors with dimensions), a row whose values have exactly the expected types (a vector as a
@@ -241,41 +267,41 @@ def _row_encoder(
     its header, one for the vector's values straight from its list. Every other row, including
     every bad one, goes through the field encoders, which say what is wrong with it.
     """
-    general = _field_by_field(columns, encoding, hnsw_sparse)
     layouts = [_fixed_layout(column) for column in columns]
     fixed = [layout for layout in layouts if layout is not None]
     if len(fixed) != len(layouts):
-        return general
+        return None
     width = len(fixed)
+    # Every combination of the types each column takes, checked by one lookup per row.
+    accepted = frozenset(itertools.product(*(layout.types for layout in fixed)))
     segments = _segments(fixed)
 
-    def encode(row: Sequence[Any]) -> bytes:
+    def encode(row: Any) -> bytes | None:
         if type(row) not in ROW_TYPES or len(row) != width:
-            return general(row)
+            return None
+        if tuple(map(type, row)) not in accepted:
+            return None
         parts: list[bytes] = []
         arguments: list[Any] = [width]
         try:
             for head, fields, vector in segments:
-                for position, prefix, types in fields:
-                    value = row[position]
-                    if type(value) not in types:
-                        return general(row)
+                for position, prefix in fields:
                     arguments += prefix
-                    arguments.append(value)
+                    arguments.append(row[position])
                 if vector is None:
                     parts.append(head.pack(*arguments))
                     continue
                 position, prefix, values, length = vector
                 value = row[position]
                 # A vector one value short beside one a value long would fill one struct.
-                if type(value) not in ROW_TYPES or len(value) != length:
-                    return general(row)
+                if len(value) != length:
+                    return None
                 arguments += prefix
                 parts.append(head.pack(*arguments))
                 parts.append(values.pack(*value))
                 arguments = []
         except (struct.error, OverflowError):
-            return general(row)
+            return None
         return b"".join(parts)
 
     return encode
@@ -285,7 +311,7 @@ class _Segment(NamedTuple):
     """Fixed-width fields up to and including one vector (or the row's end)."""
 
     head: struct.Struct  # the scalar fields and the vector's header
-    fields: list[tuple[int, tuple[int, ...], tuple[type, ...]]]  # position, prefix, types
+    fields: list[tuple[int, tuple[int, ...]]]  # position, prefix
     vector: tuple[int, tuple[int, ...], struct.Struct, int] | None  # position, header, values
 
 
@@ -293,11 +319,11 @@ def _segments(fixed: list[_Fixed]) -> list[_Segment]:
     """The row's fields cut after each vector; the first segment starts with the field count."""
     segments: list[_Segment] = []
     head = ">h"
-    fields: list[tuple[int, tuple[int, ...], tuple[type, ...]]] = []
+    fields: list[tuple[int, tuple[int, ...]]] = []
     for position, layout in enumerate(fixed):
         if layout.length is None:
             head += layout.format
-            fields.append((position, layout.prefix, layout.types))
+            fields.append((position, layout.prefix))
             continue
         header, _, values = layout.format.partition("HH")
         vector = (position, layout.prefix, struct.Struct(">" + values), layout.length)

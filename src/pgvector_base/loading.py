@@ -264,7 +264,9 @@ def _send(
     return sent
 
 
-def _copy(dbapi_connection: DriverConnection, sql: str, pieces: Iterator[bytes]) -> None:
+def _copy(
+    dbapi_connection: DriverConnection, sql: str, pieces: Iterator[bytes | memoryview]
+) -> None:
     """Run ``sql``, a ``COPY ... FROM STDIN``, sending ``pieces``: with psycopg2 or psycopg 3."""
     if isinstance(dbapi_connection, psycopg2.extensions.connection):
         stream = _CopyStream(pieces)
@@ -287,7 +289,7 @@ def _copy(dbapi_connection: DriverConnection, sql: str, pieces: Iterator[bytes])
 
 
 async def _copy_async(
-    dbapi_connection: psycopg.AsyncConnection[Any], sql: str, pieces: Iterator[bytes]
+    dbapi_connection: psycopg.AsyncConnection[Any], sql: str, pieces: Iterator[bytes | memoryview]
 ) -> None:
     """:func:`_copy` through psycopg 3's async COPY."""
     async with dbapi_connection.cursor() as copying, copying.copy(sql) as copy:
@@ -318,7 +320,7 @@ class _CopyStream(io.RawIOBase):
     ``error`` keeps what stopped the reading, which psycopg2 reports only as "error in .read()".
     """
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
+    def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
         super().__init__()
         self._pieces = pieces
         self._pending = memoryview(b"")
@@ -330,12 +332,18 @@ class _CopyStream(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         if not self._pending:
             try:
-                self._pending = memoryview(next(self._pieces, b""))
+                piece = next(self._pieces, b"")
             except BaseException as error:
                 self.error = error
                 raise
+            # A piece of rows encoded one by one is about one read: psycopg2 sends whatever
+            # read() returns, so it goes as it is, not copied into a read and a remainder.
+            if isinstance(piece, bytes):
+                return piece
+            self._pending = piece
         # A piece of numpy-encoded rows is megabytes: hand it out a read at a time, each byte
-        # copied once (slicing the rest off as bytes would copy it again at every read).
+        # copied once, into a buffer the allocator reuses (slicing the rest off as bytes would
+        # copy it again at every read).
         end = len(self._pending) if size is None or size < 0 else size
         data = bytes(self._pending[:end])
         self._pending = self._pending[end:]

@@ -28,16 +28,18 @@ import itertools
 import logging
 import os
 import re
+import select as sockets
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, select, text
-from sqlalchemy.engine import URL, Connection, ExceptionContext
-from sqlalchemy.exc import InvalidRequestError, OperationalError
+from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
+from sqlalchemy.exc import InvalidatePoolError, InvalidRequestError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -184,7 +186,6 @@ def _engine_arguments(url: URL, settings: EngineSettings) -> tuple[URL, dict[str
     if settings.driver == "psycopg":
         connect_args["prepare_threshold"] = threshold
     return url.set(drivername=f"postgresql+{settings.driver}"), {
-        "pool_pre_ping": True,
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
         "pool_timeout": settings.pool_timeout,
@@ -196,18 +197,14 @@ def _engine_arguments(url: URL, settings: EngineSettings) -> tuple[URL, dict[str
 def create_app_engine(url: URL | None = None, settings: EngineSettings | None = None) -> Engine:
     """An engine for ``url`` (default: :func:`~pgvector_base.database.resolve_url`), web-app pool.
 
-    ``pool_pre_ping`` tests each connection as it is checked out, so a server restart or a dropped
-    connection costs one reconnect instead of a failed request. The URL's driver is replaced by
-    ``settings.driver``. A ``?prepare_threshold=`` in the URL overrides
+    A connection is tested as it is checked out (:func:`_check_on_checkout`), so a server restart
+    or a connection the server ended costs one reconnect instead of a failed request. The URL's
+    driver is replaced by ``settings.driver``. A ``?prepare_threshold=`` in the URL overrides
     ``settings.prepare_threshold``. A pooler that refuses the connection's options (PgBouncer
     refuses ``PGOPTIONS``) raises :class:`~pgvector_base.database.DatabaseConfigError` saying
     where to set them instead.
     """
-    settings = settings or EngineSettings.from_env()
-    target, arguments = _engine_arguments(url or resolve_url(), settings)
-    engine = create_engine(target, **arguments)
-    event.listen(engine, "handle_error", _refused_options)
-    return engine
+    return _sync_engine(url, settings, ping=False)
 
 
 def create_async_app_engine(
@@ -219,23 +216,21 @@ def create_async_app_engine(
     A ``settings.driver`` other than ``"psycopg"`` raises
     :class:`~pgvector_base.database.DatabaseConfigError`: psycopg2 has no async API.
     """
-    settings = settings or EngineSettings.from_env()
-    if settings.driver != "psycopg":
-        raise DatabaseConfigError(
-            f"the async engine needs the psycopg driver, not {settings.driver!r}; "
-            "use EngineSettings(driver='psycopg')"
-        )
-    target, arguments = _engine_arguments(url or resolve_url(), settings)
-    engine = create_async_engine(target, **arguments)
-    event.listen(engine.sync_engine, "handle_error", _refused_options)
-    return engine
+    return _async_engine(url, settings, ping=False)
 
 
 def create_replica_engines(
     urls: Sequence[URL] | None = None, settings: EngineSettings | None = None
 ) -> list[Engine]:
-    """An engine per read replica (default: :func:`replica_urls`), with the primary's settings."""
-    return [create_app_engine(url, settings) for url in (replica_urls() if urls is None else urls)]
+    """An engine per read replica (default: :func:`replica_urls`), with the primary's settings.
+
+    Their connections are pinged at every checkout (SQLAlchemy's ``pool_pre_ping``): a promoted
+    replica reports that it has left recovery only in answer to a statement, and the ping's
+    answer is what :class:`ReadReplicas` reads before a marked read could reach it.
+    """
+    return [
+        _sync_engine(url, settings, ping=True) for url in (replica_urls() if urls is None else urls)
+    ]
 
 
 def create_async_replica_engines(
@@ -243,8 +238,66 @@ def create_async_replica_engines(
 ) -> list[AsyncEngine]:
     """:func:`create_replica_engines` for asyncio."""
     return [
-        create_async_app_engine(url, settings) for url in (replica_urls() if urls is None else urls)
+        _async_engine(url, settings, ping=True)
+        for url in (replica_urls() if urls is None else urls)
     ]
+
+
+def _sync_engine(url: URL | None, settings: EngineSettings | None, *, ping: bool) -> Engine:
+    settings = settings or EngineSettings.from_env()
+    target, arguments = _engine_arguments(url or resolve_url(), settings)
+    engine = create_engine(target, pool_pre_ping=ping, **arguments)
+    _listen(engine)
+    return engine
+
+
+def _async_engine(url: URL | None, settings: EngineSettings | None, *, ping: bool) -> AsyncEngine:
+    settings = settings or EngineSettings.from_env()
+    if settings.driver != "psycopg":
+        raise DatabaseConfigError(
+            f"the async engine needs the psycopg driver, not {settings.driver!r}; "
+            "use EngineSettings(driver='psycopg')"
+        )
+    target, arguments = _engine_arguments(url or resolve_url(), settings)
+    engine = create_async_engine(target, pool_pre_ping=ping, **arguments)
+    _listen(engine.sync_engine)
+    return engine
+
+
+def _listen(engine: Engine) -> None:
+    event.listen(engine, "handle_error", _refused_options)
+    event.listen(engine, "checkout", partial(_check_on_checkout, engine.dialect))
+
+
+def _check_on_checkout(
+    dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, _: object
+) -> None:
+    """Ping a pooled connection at checkout only if the server has sent it something since the
+    last request: SQLAlchemy's ``pool_pre_ping`` would cost every request a round trip.
+
+    A server that restarts, or ends a connection (``pg_terminate_backend``,
+    ``idle_session_timeout``), sends an error and closes the socket, which then reads as ready;
+    an idle connection of a live server has nothing to read. The ping then finds out what it was
+    (a notification is harmless), and a dead connection invalidates the pool as a failed
+    pre-ping does, so that the request reconnects instead of failing.
+    """
+    if not _readable(record.driver_connection.fileno()):  # type: ignore[union-attr]
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        if dialect.is_disconnect(error, dbapi_connection, None):  # type: ignore[arg-type]
+            raise InvalidatePoolError(f"the server ended the connection: {error}") from None
+        raise
+
+
+def _readable(fileno: int) -> bool:
+    """Whether the socket has data (or its end) to read, without waiting."""
+    if not hasattr(sockets, "poll"):  # Windows
+        return bool(sockets.select([fileno], [], [], 0)[0])
+    poller = sockets.poll()
+    poller.register(fileno, sockets.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _refused_options(context: ExceptionContext) -> None:
@@ -268,8 +321,9 @@ def _refuse_a_primary(_: Any, record: ConnectionPoolEntry, __: Any) -> None:
     """A pool ``checkout`` listener: refuse a connection whose server is not in recovery.
 
     PostgreSQL 14+ reports ``in_hot_standby`` when a connection opens, and again after the first
-    statement once the server is promoted (here, the pool's pre-ping): reading it costs no round
-    trip. A server or pooler that reports nothing is taken for a replica.
+    statement once the server is promoted (here, the pre-ping of the engines
+    :func:`create_replica_engines` makes): reading it costs no round trip. A server or pooler that
+    reports nothing is taken for a replica.
     """
     connection = record.driver_connection  # psycopg's or psycopg2's, also under the async engine
     if connection is not None and connection.info.parameter_status("in_hot_standby") == "off":
@@ -380,8 +434,8 @@ class RoutingSession(Session):
             return primary
         for replica in self.replicas.in_turn(first=self.replica):
             try:
-                # Checked out now (pool_pre_ping tests it), so that a replica that is down is
-                # found here, while the read can still go elsewhere.
+                # Checked out now (and tested, see _check_on_checkout), so that a replica that
+                # is down is found here, while the read can still go elsewhere.
                 self.connection(bind_arguments={"bind": replica})
             except OperationalError as error:
                 self.replicas.skip(replica, error)

@@ -28,6 +28,7 @@ from pgvector_base.session import (
     EngineSettings,
     LazyLoadError,
     async_session_factory,
+    create_app_engine,
     create_async_app_engine,
 )
 from tests.conftest import CreateDatabase
@@ -190,3 +191,124 @@ def test_a_lazy_load_fails_saying_what_to_do_and_the_documented_loads_work(url: 
             await engine.dispose()
 
     asyncio.run(main())
+
+
+def backend_query(url: URL, pid: int) -> str:
+    """The last statement the server ran for the backend ``pid``, as another connection sees it."""
+    admin = create_engine(url, poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            return str(
+                connection.scalar(
+                    text("SELECT query FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                )
+            )
+    finally:
+        admin.dispose()
+
+
+def terminate(url: URL, pid: int) -> None:
+    """End the backend ``pid`` as a server shutdown would, and wait until it has exited."""
+    admin = create_engine(url, poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            assert connection.scalar(text("SELECT pg_terminate_backend(:pid, 30000)"), {"pid": pid})
+    finally:
+        admin.dispose()
+
+
+def test_checking_out_a_live_pooled_connection_costs_no_round_trip(url: URL) -> None:
+    """No ping before each request: the pooled connection's last statement stays the previous
+    request's ROLLBACK while it is checked out again."""
+
+    async def main() -> None:
+        engine = create_async_app_engine(url, EngineSettings(pool_size=1, max_overflow=0))
+        sessions = async_session_factory(engine)
+        try:
+            async with sessions() as session:
+                pid = int(await session.scalar(text("SELECT pg_backend_pid()")))
+            async with engine.connect() as connection:
+                assert backend_query(url, pid) == "ROLLBACK"
+                assert await connection.scalar(text("SELECT pg_backend_pid()")) == pid
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    sync = create_app_engine(url, EngineSettings(pool_size=1, max_overflow=0))
+    try:
+        with sync.connect() as connection:
+            pid = int(connection.scalar(text("SELECT pg_backend_pid()")))
+        with sync.connect():
+            assert backend_query(url, pid) == "ROLLBACK"
+    finally:
+        sync.dispose()
+
+
+def test_a_connection_the_server_ended_costs_a_reconnect_not_a_failed_request(url: URL) -> None:
+    """A pooled connection whose backend was terminated (as a restart ends every one) is found
+    at checkout and replaced: the next request runs on a new backend, with no error."""
+
+    async def main() -> None:
+        engine = create_async_app_engine(url, EngineSettings(pool_size=2, max_overflow=0))
+        sessions = async_session_factory(engine)
+
+        async def pids() -> set[int]:
+            async def request() -> int:
+                async with sessions() as session:
+                    pid = int(await session.scalar(text("SELECT pg_backend_pid()")))
+                    await session.execute(text("SELECT pg_sleep(0.01)"))
+                    return pid
+
+            return set(await asyncio.gather(request(), request()))
+
+        try:
+            before = await pids()
+            assert len(before) == 2
+            for pid in before:
+                terminate(url, pid)
+            after = await pids()
+            assert len(after) == 2
+            assert not after & before
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    sync = create_app_engine(url, EngineSettings(pool_size=1, max_overflow=0))
+    try:
+        with sync.connect() as connection:
+            pid = int(connection.scalar(text("SELECT pg_backend_pid()")))
+        terminate(url, pid)
+        with sync.connect() as connection:
+            assert connection.scalar(text("SELECT pg_backend_pid()")) != pid
+    finally:
+        sync.dispose()
+
+
+def test_each_request_through_a_transaction_pooler_is_one_transaction(
+    server_url: URL, url: URL
+) -> None:
+    """Through transaction-mode PgBouncer, with fewer server connections than tasks, a request's
+    statements run in one transaction on one server connection: a setting made local by its
+    first statement is the one its second reads, whatever the other tasks set meanwhile."""
+    if harness.binary() is None:
+        pytest.skip(harness.SKIP_REASON)
+
+    async def main(pooled: URL) -> list[str]:
+        engine = create_async_app_engine(pooled, EngineSettings(pool_size=8, max_overflow=0))
+        sessions = async_session_factory(engine)
+
+        async def request(n: int) -> str:
+            async with sessions() as session:
+                await session.execute(
+                    text("SELECT set_config('pooler.request', :n, true)"), {"n": str(n)}
+                )
+                await session.execute(text("SELECT pg_sleep(0.01)"))
+                return str(await session.scalar(text("SELECT current_setting('pooler.request')")))
+
+        try:
+            return list(await asyncio.gather(*(request(n) for n in range(32))))
+        finally:
+            await engine.dispose()
+
+    with harness.start(server_url, pool_mode="transaction", pool_size=2) as bouncer:
+        assert asyncio.run(main(bouncer.url(url))) == [str(n) for n in range(32)]

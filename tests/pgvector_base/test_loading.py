@@ -7,6 +7,7 @@ bit for bit against an implementation other than the loader's.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import subprocess
@@ -498,6 +499,48 @@ def test_numpy_rows_and_column_batches_store_what_pgvector_encodes(
 
     assert total == 9000
     assert copied == [3000, 3000, 3000]
+    assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored] == (
+        binaries(rows)
+    )
+
+
+def test_rows_that_change_form_every_few_rows_store_what_pgvector_encodes(
+    engine: Engine,
+) -> None:
+    """Runs of one to four numpy rows, list rows and column batches, one after another and cut
+    by COPY boundaries: each run is encoded its own way, and no row is lost or sent twice."""
+    rng = np.random.default_rng(4)
+    count = 90
+    dense = rng.standard_normal((count, DIM)).astype(np.float32)
+    half = rng.standard_normal((count, DIM)).astype(np.float32)
+    ids = np.arange(1, count + 1)
+    small = rng.integers(-100, 100, size=count, dtype=np.int16)
+    flags = rng.random(count) < 0.5
+    rows = list(zip(ids.tolist(), small.tolist(), flags.tolist(), dense, half, strict=True))
+    batch: dict[str, Any] = {"id": ids, "small": small, "flag": flags, "dense": dense, "half": half}
+    items: list[Any] = []
+    start, run = 0, 1
+    for form in itertools.cycle(("arrays", "lists", "batch")):
+        if start >= count:
+            break
+        stop = min(start + run, count)
+        if form == "arrays":
+            items += rows[start:stop]
+        elif form == "lists":
+            items += [(i, s, f, d.tolist(), h.tolist()) for i, s, f, d, h in rows[start:stop]]
+        else:
+            items.append({name: values[start:stop] for name, values in batch.items()})
+        start, run = stop, run % 4 + 1
+    copied: list[int] = []
+
+    with engine.begin() as connection:
+        total = copy_rows(connection, PACKED, items, batch_size=7, progress=copied.append)
+        stored = connection.execute(
+            text(f"SELECT {PACKED_BINARY} FROM loading_packed ORDER BY id")
+        ).all()
+
+    assert total == count
+    assert copied == [7] * 12 + [6]
     assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in stored] == (
         binaries(rows)
     )

@@ -73,7 +73,10 @@ DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 def too_many_dimensions_advice(type_name: str, dimensions: int) -> str:
     """What indexes a ``type_name`` of ``dimensions`` dimensions, for the refusal's last words."""
     if type_name == "vector" and dimensions <= INDEX_MAX_DIMENSIONS["halfvec"]:
-        return "declare it HALFVEC (up to 4,000) or index a halfvec cast of it"
+        return (
+            "declare it HALFVEC (up to 4,000), or index a halfvec cast of it, which VectorSearch "
+            "searches and re-ranks on the full vector (docs/search.md#quantized-indexes)"
+        )
     if type_name in {"vector", "halfvec"}:
         return (
             f"index its binary quantization (binary_quantize(...)::bit({dimensions}) with "

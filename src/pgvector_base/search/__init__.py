@@ -6,6 +6,7 @@ One concern per module, each reusable by another kind of search:
 - :mod:`~pgvector_base.search.query`: query vectors checked and encoded as the column's type;
 - :mod:`~pgvector_base.search.settings`: index settings, checked against pgvector's ranges;
 - :mod:`~pgvector_base.search.nearest`: :class:`VectorSearch`, the k nearest rows;
+- :mod:`~pgvector_base.search.quantized`: searches through a quantized index, re-ranked;
 - :mod:`~pgvector_base.search.hybrid`: :class:`HybridSearch`, vector and full text fused by rank;
 - :mod:`~pgvector_base.search.recall`: approximate against exact recall@k on stored rows;
 - :mod:`~pgvector_base.search.tenants`: :class:`TenantSearch`, the k nearest of one tenant's rows.
@@ -19,7 +20,9 @@ from pgvector_base.search.indexes import (
     VECTOR_INDEX_METHODS,
     Distance,
     NoIndexError,
+    QuantizedIndex,
     VectorIndex,
+    quantized_indexes,
     vector_indexes,
 )
 from pgvector_base.search.nearest import ModelT, Neighbor, VectorSearch
@@ -51,6 +54,7 @@ __all__ = [
     "Neighbor",
     "NoIndexError",
     "Plan",
+    "QuantizedIndex",
     "QueryVector",
     "QueryVectorType",
     "RecallReport",
@@ -60,6 +64,7 @@ __all__ = [
     "VectorIndex",
     "VectorSearch",
     "measure_recall",
+    "quantized_indexes",
     "text_indexes",
     "vector_indexes",
 ]

@@ -46,7 +46,7 @@ from sqlalchemy.exc import CompileError
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 from sqlalchemy.schema import Column, Index
 
-from pgvector_base.search.indexes import Distance, NoIndexError
+from pgvector_base.search.indexes import Distance, NoIndexError, QuantizedIndex
 from pgvector_base.search.nearest import ModelT, VectorSearch
 from pgvector_base.search.query import DIALECT, INT4_MAX, QueryVector, QueryVectorType, checked_k
 from pgvector_base.search.settings import SETTING_RANGES, SearchSettings
@@ -172,6 +172,12 @@ class HybridSearch(Generic[ModelT]):
         """The vector leg's search: its index, distance and query checks."""
         self.model = model
         self.index = self.vector.index
+        if isinstance(self.index, QuantizedIndex):
+            # The vector leg orders by the whole column, which only a whole-column index serves.
+            raise NoIndexError(
+                f"{model.__name__}.{attribute.key} has only a quantized index ({self.index.name}); "
+                "hybrid search needs an HNSW or IVFFlat index on the column itself"
+            )
         self.text_index = _choose_text_index(model, text_index)
         if syntax not in QUERY_FUNCTIONS:
             raise ValueError(f"syntax must be websearch or plain, not {syntax!r}")

@@ -4,7 +4,8 @@ Anything but ``ORDER BY column <op> :query LIMIT k`` in ascending order (orderin
 ``1 - distance`` or ``DESC``, or by a different distance) is still valid SQL, so PostgreSQL
 answers it with an exact scan of the whole table instead. :class:`VectorSearch` therefore takes
 the operator from the index declared on the model (:mod:`pgvector_base.search.indexes`) and
-refuses a distance that no index serves; similarity is computed in the select list only.
+refuses a distance that no index serves; similarity is computed in the select list only. Searches
+through a quantized index take another shape, built in :mod:`pgvector_base.search.quantized`.
 
 Nothing is prepared on the server (see :class:`~pgvector_base.session.EngineSettings`), so
 searches are correct through a transaction-mode pooler. Settings passed to one search are set
@@ -25,13 +26,13 @@ from sqlalchemy import (
     Select,
     bindparam,
     inspect,
-    literal,
-    null,
     select,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 
-from pgvector_base.search.indexes import Distance, choose_index, vector_indexes
+from pgvector_base.search import quantized
+from pgvector_base.search.indexes import Distance, QuantizedIndex, search_index, similarity
+from pgvector_base.search.quantized import QuantizedStatements
 from pgvector_base.search.query import (
     QueryEncoder,
     QueryVector,
@@ -39,7 +40,7 @@ from pgvector_base.search.query import (
     checked_k,
     query_type,
 )
-from pgvector_base.search.settings import SearchSettings
+from pgvector_base.search.settings import SearchSettings, local_settings
 from pgvector_base.session import READ_REPLICA, set_local
 
 ModelT = TypeVar("ModelT")
@@ -62,8 +63,11 @@ class VectorSearch(Generic[ModelT]):
     """k-nearest-neighbour queries on one vector column of one model, served by its index.
 
     ``VectorSearch(Product, Product.embedding)`` uses the index declared on ``Product.embedding``;
-    pass ``distance`` to pick among several indexes. Construction fails with :class:`NoIndexError`
-    when no declared index serves the distance, rather than letting every query scan the table.
+    pass ``distance`` to pick among several indexes, or ``index`` to name one. A quantized index
+    (a ``halfvec`` cast or a binary quantization of the column) serves its searches when the
+    column has no index of its own, re-ranked by ``distance`` on the full vector
+    (:mod:`~pgvector_base.search.quantized`). Construction fails with :class:`NoIndexError` when no
+    declared index serves the distance, rather than letting every query scan the table.
     """
 
     def __init__(
@@ -71,6 +75,8 @@ class VectorSearch(Generic[ModelT]):
         model: type[ModelT],
         attribute: InstrumentedAttribute[Any],
         distance: Distance | None = None,
+        *,
+        index: str | None = None,
     ) -> None:
         if attribute.class_ is not model:
             raise ValueError(f"{attribute} is not a column of {model.__name__}")
@@ -78,11 +84,21 @@ class VectorSearch(Generic[ModelT]):
         self.attribute = attribute
         # The column's type is checked first: no index makes another type searchable.
         query_type(attribute.type, self._where)
-        self.index = choose_index(vector_indexes(attribute), distance, self._where)
-        self.distance = self.index.distance
+        self.index, self.distance = search_index(attribute, distance, index, self._where)
         self.encoder = QueryEncoder(attribute.type, self.distance, self._where)
         """Checks and encodes this column's query vectors."""
         self.dimensions = self.encoder.dimensions
+        mapper = inspect(model)
+        self._composite = len(mapper.primary_key) > 1
+        self._quantized = (
+            QuantizedStatements(model, attribute, self.index, self.distance)
+            if isinstance(self.index, QuantizedIndex)
+            else None
+        )
+        if self._quantized is not None:
+            self._select = self._quantized.rows([])
+            self._keys_select = self._quantized.keys([])
+            return
         to_query = attribute.op(self.distance.value, return_type=Float)(
             bindparam("query", type_=QueryVectorType(attribute.type))
         )
@@ -93,7 +109,7 @@ class VectorSearch(Generic[ModelT]):
         # (SQLAlchemy 2.0 and 2.1 spell a Select's column types differently, hence Select[Any].)
         self._select = cast(
             "Select[Any]",
-            select(model, ordering, self._similarity(to_query))
+            select(model, ordering, similarity(self.distance, to_query))
             .order_by(ordering)
             .limit(bindparam("k", type_=Integer))
             .options(defer(attribute))
@@ -101,9 +117,7 @@ class VectorSearch(Generic[ModelT]):
         )
         # The same query shape for keys and distances only, on the table's columns: no ORM
         # entities to load (see nearest_keys).
-        mapper = inspect(model)
         column = mapper.columns[attribute.key]
-        self._composite = len(mapper.primary_key) > 1
         by_column = column.op(self.distance.value, return_type=Float)(
             bindparam("query", type_=QueryVectorType(attribute.type))
         ).label("distance")
@@ -125,8 +139,11 @@ class VectorSearch(Generic[ModelT]):
         Execute it with the parameters ``query`` (the vector) and ``k``. The vector column itself
         is deferred: results rarely need it, and it is the largest value of the row. It is marked
         with :data:`~pgvector_base.session.READ_REPLICA`, so a routing session may send it to a
-        replica.
+        replica. Through a quantized index, it ranks the index's ``candidates`` nearest rows
+        (another parameter) by the exact distance (:mod:`~pgvector_base.search.quantized`).
         """
+        if self._quantized is not None:
+            return self._quantized.rows(list(where))
         return _filtered(self._select, where)
 
     def nearest(
@@ -140,7 +157,8 @@ class VectorSearch(Generic[ModelT]):
     ) -> list[Neighbor[ModelT]]:
         """The ``k`` rows nearest to ``query`` that match every ``where`` condition, nearest
         first."""
-        return self._run(session, self.statement(where), self._parameters(query, k), settings)
+        parameters = self._parameters(query, k, settings)
+        return self._run(session, self.statement(where), parameters, settings)
 
     def nearest_keys(
         self,
@@ -156,8 +174,12 @@ class VectorSearch(Generic[ModelT]):
 
         The key is a tuple for a composite primary key.
         """
-        statement = _filtered(self._keys_select, where)
-        rows = self._rows(session, statement, self._parameters(query, k), settings, core=True)
+        if self._quantized is not None:
+            statement = self._quantized.keys(list(where))
+        else:
+            statement = _filtered(self._keys_select, where)
+        parameters = self._parameters(query, k, settings)
+        rows = self._rows(session, statement, parameters, settings, core=True)
         if self._composite:
             found = [(tuple(row[:-1]), row[-1]) for row in rows]
         else:
@@ -254,22 +276,27 @@ class VectorSearch(Generic[ModelT]):
         the statement (a replica's, for a :class:`~pgvector_base.session.RoutingSession`), so
         that the settings reach the server that runs it.
         """
-        index_settings = settings.parameters(self.index) if settings else {}
+        if isinstance(self.index, QuantizedIndex):
+            index_settings = quantized.settings_statement(
+                self.index, settings, parameters["candidates"]
+            )
+        else:
+            index_settings = local_settings(settings.parameters(self.index) if settings else {})
         # Before the connection is picked, as session.execute does: a routing session with
         # pending changes then counts as having written, and reads from the primary.
         if session.autoflush:
             session.flush()
-        if not (index_settings or core):
+        if index_settings is None and not core:
             return session.execute(statement, parameters).all()
         connection = session.connection(bind_arguments={"clause": statement})
-        if not index_settings:
+        if index_settings is None:
             return connection.execute(statement, parameters).all()
         # The connection's savepoint, not session.begin_nested(), which would flush even a
         # session that does not autoflush; nothing is left to flush inside it, so rolling it
         # back undoes nothing but the settings.
         savepoint = connection.begin_nested()
         try:
-            set_local(connection, index_settings)
+            connection.execute(index_settings)
             if core:
                 return connection.execute(statement, parameters).all()
             with session.no_autoflush:
@@ -277,16 +304,15 @@ class VectorSearch(Generic[ModelT]):
         finally:
             savepoint.rollback()
 
-    def _similarity(self, distance: ColumnElement[float]) -> ColumnElement[Any]:
-        if self.distance is Distance.COSINE:
-            return (literal(1.0) - distance).label("similarity")
-        if self.distance is Distance.INNER_PRODUCT:
-            return (distance * -1).label("similarity")
-        return null().label("similarity")
-
-    def _parameters(self, query: QueryVector, k: int) -> dict[str, Any]:
+    def _parameters(
+        self, query: QueryVector, k: int, settings: SearchSettings | None
+    ) -> dict[str, Any]:
         """The statement's parameters, once ``k`` and the query vector are checked."""
-        return {"query": self.encoder.parameter(query), "k": checked_k(k)}
+        k = checked_k(k)
+        parameters: dict[str, Any] = {"query": self.encoder.parameter(query), "k": k}
+        if isinstance(self.index, QuantizedIndex):
+            parameters["candidates"] = quantized.candidates(k, settings, self.index)
+        return parameters
 
 
 def _second(pair: tuple[Any, float]) -> float:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     QueryVector = Sequence[float] | Vector | HalfVector | SparseVector | npt.NDArray[Any]
-else:  # numpy is optional
+else:  # not numpy at run time: a service that searches with lists never imports it
     QueryVector = Sequence[float] | Vector | HalfVector | SparseVector
 INT4_MAX = 2**31 - 1
 # The query types encoded by one struct call (see QueryEncoder._encoded).

@@ -13,6 +13,7 @@ rows at one distance an exact scan returns is arbitrary, so keys alone would cal
 From the command line, on the database :func:`~pgvector_base.database.resolve_url` picks::
 
     pgvector-recall app.models:Product.embedding --k 10 --sample 100 --ef-search 40
+    pgvector-recall app.models:Item.embedding --index ix_bits --distance cosine --oversampling 8
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from pgvector_base.database import DatabaseConfigError, sqlstate
 from pgvector_base.migration.errors import describe
+from pgvector_base.search.indexes import Distance
 from pgvector_base.search.nearest import VectorSearch
 from pgvector_base.search.query import QueryVectorType, checked_k
 from pgvector_base.search.settings import SearchSettings
@@ -94,12 +96,10 @@ def measure_recall(
     keys, vectors = _sample(session, search, sample, seed)
     if not vectors:
         raise ValueError(f"no {search.model.__name__} row has a vector to search with")
-    approximate, approximate_ms = _searches(
+    approximate, approximate_ms = _approximate(
         session, search, vectors, k=k, settings=settings, where=conditions
     )
-    exact, exact_ms = _searches(
-        session, search, vectors, k=k, settings=None, where=conditions, exact=True
-    )
+    exact, exact_ms = _exact(session, search, vectors, k=k, where=conditions)
     recalls = [found_share(found, wanted) for found, wanted in zip(approximate, exact, strict=True)]
     return RecallReport(
         k=k,
@@ -145,7 +145,7 @@ def _sample(
     return keys, [row[-1] for row in rows]
 
 
-def _searches(
+def _approximate(
     session: Session,
     search: VectorSearch[Any],
     vectors: Sequence[Any],
@@ -153,31 +153,39 @@ def _searches(
     k: int,
     settings: SearchSettings | None,
     where: list[ColumnElement[bool]],
-    exact: bool = False,
 ) -> tuple[list[list[tuple[Any, float]]], float]:
-    """Each vector's ``k`` nearest keys and distances, and the median milliseconds of a search:
-    by the search with ``settings``, or ``exact``\\ ly, by the whole column's distance with index
-    scans off. The settings live in a savepoint of the searches' connection, rolled back at the
-    end."""
+    """Each vector's ``k`` nearest keys and distances by ``search`` with ``settings``, as a
+    service would ask, and the median milliseconds of a search."""
+    results, times = [], []
+    for vector in vectors:
+        start = time.perf_counter()
+        results.append(search.nearest_keys(session, vector, k, where=where, settings=settings))
+        times.append(time.perf_counter() - start)
+    return results, statistics.median(times) * 1000
+
+
+def _exact(
+    session: Session,
+    search: VectorSearch[Any],
+    vectors: Sequence[Any],
+    *,
+    k: int,
+    where: list[ColumnElement[bool]],
+) -> tuple[list[list[tuple[Any, float]]], float]:
+    """Each vector's exact ``k`` nearest keys and distances, by the whole column's distance with
+    index scans off (in a savepoint rolled back at the end), and the median milliseconds."""
     connection = session.connection(bind_arguments={"clause": search.statement()})
     statement = _exact_keys(search, where)
+    results, times = [], []
     savepoint = connection.begin_nested()
     try:
-        if exact:
-            set_local(connection, EXACT_SCAN)
-        elif settings is not None:
-            search.configure(session, settings)
-        results, times = [], []
+        set_local(connection, EXACT_SCAN)
         for vector in vectors:
             start = time.perf_counter()
-            if exact:
-                parameters = {"query": search.encoder.parameter(vector), "k": k}
-                rows = connection.execute(statement, parameters).all()
-                found = [(tuple(row[:-1]) if len(row) > 2 else row[0], row[-1]) for row in rows]
-            else:
-                found = search.nearest_keys(session, vector, k, where=where)
+            parameters = {"query": search.encoder.parameter(vector), "k": k}
+            rows = connection.execute(statement, parameters).all()
             times.append(time.perf_counter() - start)
-            results.append(found)
+            results.append([(tuple(row[:-1]) if len(row) > 2 else row[0], row[-1]) for row in rows])
     finally:
         savepoint.rollback()
     return results, statistics.median(times) * 1000
@@ -232,14 +240,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="picks the sample (default 0)")
     parser.add_argument("--ef-search", type=int, metavar="N", help="hnsw.ef_search")
     parser.add_argument("--probes", type=int, metavar="N", help="ivfflat.probes")
+    parser.add_argument("--index", metavar="NAME", help="the index to search by (default: chosen)")
+    parser.add_argument(
+        "--distance",
+        choices=[distance.name.lower() for distance in Distance],
+        help="the distance to rank by (a binary-quantization index needs it)",
+    )
+    parser.add_argument(
+        "--oversampling", type=int, metavar="N", help="candidates per result (quantized indexes)"
+    )
     return parser
 
 
 def _run(args: argparse.Namespace) -> RecallReport:
     attribute = _column(args.column)
     try:
-        search = VectorSearch(cast("type[Any]", attribute.class_), attribute)
-        settings = SearchSettings(ef_search=args.ef_search, probes=args.probes)
+        distance = Distance[args.distance.upper()] if args.distance else None
+        search = VectorSearch(
+            cast("type[Any]", attribute.class_), attribute, distance, index=args.index
+        )
+        settings = SearchSettings(
+            ef_search=args.ef_search, probes=args.probes, oversampling=args.oversampling
+        )
         settings.parameters(search.index)
     except (ValueError, LookupError) as error:
         raise CommandError(str(error)) from None

@@ -7,10 +7,13 @@ its workers too), so they never reach another user of a pooled connection.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-from pgvector_base.search.indexes import VectorIndex
+from sqlalchemy import Select, func, select
+
+from pgvector_base.search.indexes import QuantizedIndex, VectorIndex
 from pgvector_base.search.query import INT4_MAX
 
 IterativeScan = Literal["off", "relaxed_order", "strict_order"]
@@ -22,6 +25,8 @@ SETTING_RANGES = {
     "max_scan_tuples": ("hnsw.max_scan_tuples", 1, INT4_MAX),
     "probes": ("ivfflat.probes", 1, 32768),
     "max_probes": ("ivfflat.max_probes", 1, 32768),
+    # Not pgvector's: candidates per result through a quantized index (see quantized.py).
+    "oversampling": ("candidates per result", 1, 1000),
 }
 
 
@@ -34,6 +39,10 @@ class SearchSettings:
     raise it for ``k`` above 40. With a ``WHERE`` filter, rows are filtered *after* the index scan:
     turn on ``iterative_scan`` to keep scanning until ``k`` rows pass (up to ``max_scan_tuples``
     for HNSW, ``max_probes`` for IVFFlat, which knows only ``relaxed_order``).
+
+    ``oversampling`` applies to quantized indexes only: a search takes ``k * oversampling``
+    candidates from the index, then ranks them by the exact distance on the full vector
+    (default: :data:`~pgvector_base.search.quantized.DEFAULT_OVERSAMPLING`).
     """
 
     ef_search: int | None = None
@@ -41,6 +50,7 @@ class SearchSettings:
     probes: int | None = None
     max_probes: int | None = None
     iterative_scan: IterativeScan | None = None
+    oversampling: int | None = None
 
     def __post_init__(self) -> None:
         for field, (setting, low, high) in SETTING_RANGES.items():
@@ -48,9 +58,9 @@ class SearchSettings:
             if value is not None and not (
                 isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
             ):
+                what = setting if field == "oversampling" else f"pgvector's {setting}"
                 raise ValueError(
-                    f"{field} must be a whole number from {low} to {high} "
-                    f"(pgvector's {setting}), not {value!r}"
+                    f"{field} must be a whole number from {low} to {high} ({what}), not {value!r}"
                 )
         # An unknown value would only draw a server WARNING and silently turn iterative scans off.
         if self.iterative_scan is not None and self.iterative_scan not in get_args(IterativeScan):
@@ -78,12 +88,23 @@ class SearchSettings:
         }
         other = {"hnsw": ("probes", "max_probes"), "ivfflat": ("ef_search", "max_scan_tuples")}
         ignored = [name for name in other[index.method] if getattr(self, name) is not None]
+        if self.oversampling is not None and not isinstance(index, QuantizedIndex):
+            ignored.append("oversampling")
         if ignored:
+            whole = " of the whole column" if "oversampling" in ignored else ""
             raise ValueError(
-                f"{', '.join(ignored)} do not apply to {index.name}, an {index.method} index"
+                f"{', '.join(ignored)} do not apply to {index.name}, an {index.method} index{whole}"
             )
         if index.method == "ivfflat" and self.iterative_scan == "strict_order":
             raise ValueError(
                 f"{index.name} is an ivfflat index, whose iterative scans are relaxed_order only"
             )
         return {name: str(value) for name, value in own[index.method].items() if value is not None}
+
+
+def local_settings(settings: Mapping[str, str]) -> Select[Any] | None:
+    """``SELECT set_config(name, value, true), ...``: ``settings`` until the transaction ends,
+    as :func:`~pgvector_base.session.set_local` applies them; ``None`` for no settings."""
+    if not settings:
+        return None
+    return select(*(func.set_config(name, value, True) for name, value in settings.items()))

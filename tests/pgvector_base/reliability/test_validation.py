@@ -355,7 +355,8 @@ def test_autogenerate_refuses_an_index_pgvector_cannot_build(
     message = (
         "the models need a fix before autogenerate: index ix_item_embedding on item (embedding): "
         "hnsw indexes vector values of up to 2,000 dimensions, not 3,072; "
-        "declare it HALFVEC (up to 4,000) or index a halfvec cast of it"
+        "declare it HALFVEC (up to 4,000), or index a halfvec cast of it, which VectorSearch "
+        "searches and re-ranks on the full vector (docs/search.md#quantized-indexes)"
     )
     with pytest.raises(CommandError) as raised:
         command.revision(config, "item", autogenerate=True)
