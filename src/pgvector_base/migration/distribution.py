@@ -54,6 +54,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from pgvector_base.migration.declarations import declaration, string_literal
+
 PLUGIN_NAME = "pgvector_base.distribution"
 """The name ``env.py`` lists in ``autogenerate_plugins``."""
 
@@ -107,12 +109,12 @@ def distributed(
         )
     if shard_count is not None and not 1 <= shard_count <= 64_000:
         raise ValueError(f"distributed(): shard_count must be from 1 to 64,000, not {shard_count}")
-    return {"info": {INFO_KEY: Distributed(by, colocate_with, shard_count)}}
+    return declaration(INFO_KEY, Distributed(by, colocate_with, shard_count))
 
 
 def reference() -> dict[str, Any]:
     """``__table_args__`` (or its last element) for a reference table."""
-    return {"info": {INFO_KEY: Reference()}}
+    return declaration(INFO_KEY, Reference())
 
 
 def declared(table: Table) -> Placement | None:
@@ -211,11 +213,6 @@ class NothingOp(ops.MigrateOperation):
         return ("nothing",)
 
 
-def literal(value: str) -> str:
-    """``value`` as an SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _execute(sql: str) -> str:
     return f"op.execute({sql!r})"
 
@@ -224,14 +221,14 @@ def _execute(sql: str) -> str:
 def render_distribute(autogen_context: AutogenContext, op: DistributeTableOp) -> list[str]:
     """``op.execute("SELECT create_distributed_table('doc', 'tenant_id')")`` and, for a table
     with rows, the truncation of its local copy."""
-    table = literal(op.table)
+    table = string_literal(op.table)
     placement = op.placement
     if isinstance(placement, Reference):
         lines = [_execute(f"SELECT create_reference_table({table})")]
     else:
-        arguments = [table, literal(placement.column)]
+        arguments = [table, string_literal(placement.column)]
         if placement.colocate_with:
-            arguments.append(f"colocate_with => {literal(placement.colocate_with)}")
+            arguments.append(f"colocate_with => {string_literal(placement.colocate_with)}")
         if placement.shard_count:
             arguments.append(f"shard_count => {placement.shard_count}")
         lines = [_execute(f"SELECT create_distributed_table({', '.join(arguments)})")]
@@ -245,22 +242,22 @@ def render_alter(autogen_context: AutogenContext, op: AlterDistributionOp) -> st
     """``op.execute("SELECT alter_distributed_table('doc', distribution_column => ...)")``, with
     the arguments that change."""
     new, old = op.placement, op.previous
-    arguments = [literal(op.table)]
+    arguments = [string_literal(op.table)]
     if new.column != old.column:
-        arguments.append(f"distribution_column => {literal(new.column)}")
+        arguments.append(f"distribution_column => {string_literal(new.column)}")
     if new.shard_count and new.shard_count != old.shard_count:
         arguments.append(f"shard_count => {new.shard_count}")
         if op.cascade:
             arguments.append("cascade_to_colocated => true")
     if new.colocate_with != old.colocate_with:
-        arguments.append(f"colocate_with => {literal(new.colocate_with or 'none')}")
+        arguments.append(f"colocate_with => {string_literal(new.colocate_with or 'none')}")
     return _execute(f"SELECT alter_distributed_table({', '.join(arguments)})")
 
 
 @renderers.dispatch_for(UndistributeTableOp)
 def render_undistribute(autogen_context: AutogenContext, op: UndistributeTableOp) -> str:
     """``op.execute("SELECT undistribute_table('doc')")``."""
-    return _execute(f"SELECT undistribute_table({literal(op.table)})")
+    return _execute(f"SELECT undistribute_table({string_literal(op.table)})")
 
 
 @renderers.dispatch_for(SequentialOp)

@@ -39,6 +39,7 @@ from sqlalchemy import ColumnElement, TextClause, text
 from sqlalchemy.schema import CreateIndex
 
 from pgvector_base.migration import builds, timeouts
+from pgvector_base.migration.declarations import identifier
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,7 @@ def partitions(table_name: str, schema: str | None) -> list[tuple[str, str]]:
 
 def qualified(table_name: str, schema: str | None) -> str:
     """``schema.table_name`` quoted, for ``to_regclass``."""
-    preparer = op.get_bind().dialect.identifier_preparer
-    name = preparer.quote(table_name)
-    return f"{preparer.quote_schema(schema)}.{name}" if schema else name
+    return identifier(op.get_bind().dialect, schema, table_name)
 
 
 def build_on_partitions(

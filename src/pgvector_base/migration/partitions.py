@@ -41,7 +41,7 @@ and ``env.py`` enables it by name in ``autogenerate_plugins``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,9 @@ from alembic.runtime.plugins import Plugin
 from alembic.util import CommandError, DispatchPriority, PriorityDispatchResult
 from sqlalchemy import Table, text
 from sqlalchemy.engine import Connection
+
+from pgvector_base.migration import declarations
+from pgvector_base.migration.declarations import identifier, string_literal, strip_declaration
 
 log = logging.getLogger(__name__)
 
@@ -147,23 +150,21 @@ def by_hash(column: str, modulus: int) -> dict[str, Any]:
 
 def declaration(partitions: Partitions) -> dict[str, Any]:
     """The table arguments that declare ``partitions``."""
-    return {
-        "postgresql_partition_by": f"{partitions.method} ({partitions.column})",
-        "info": {INFO_KEY: partitions},
-    }
+    return declarations.declaration(
+        INFO_KEY,
+        partitions,
+        postgresql_partition_by=f"{partitions.method} ({partitions.column})",
+    )
 
 
 def declared(table: Table) -> Partitions | None:
     """The partitions ``table`` declares, if any."""
-    found = table.info.get(INFO_KEY)
-    return found if isinstance(found, Partitions) else None
+    return declarations.declared(table, INFO_KEY, Partitions)
 
 
 def literal(value: Value) -> str:
     """``value`` as an SQL literal: ``'acme'``, ``42``."""
-    if isinstance(value, int):
-        return str(value)
-    return "'" + value.replace("'", "''") + "'"
+    return str(value) if isinstance(value, int) else string_literal(value)
 
 
 class CreatePartitionOp(ops.MigrateOperation):
@@ -227,7 +228,7 @@ def compare_partitions(
         problems += declaration_problems(table, partitions)
         if problems:
             continue
-        strip_declaration(upgrade_ops.ops, table)
+        strip_declaration(upgrade_ops.ops, table, INFO_KEY)
         found, creations = missing_partitions(connection, table, partitions)
         if found is not None:
             problems.append(found)
@@ -267,19 +268,6 @@ def declaration_problems(table: Table, partitions: Partitions) -> list[str]:
             f"{partitions.column}"
         )
     return problems
-
-
-def strip_declaration(operations: Iterable[ops.MigrateOperation], table: Table) -> None:
-    """Leave the declaration out of ``table``'s ``op.create_table(...)``: the partitions are
-    created by operations of their own, and a migration imports nothing of the template's models.
-    """
-    for op in operations:
-        if (
-            isinstance(op, ops.CreateTableOp)
-            and op.table_name == table.name
-            and op.schema == table.schema
-        ):
-            op.info = {key: value for key, value in op.info.items() if key != INFO_KEY}
 
 
 def missing_partitions(
@@ -346,9 +334,7 @@ def render_drop_partition(autogen_context: AutogenContext, op: DropPartitionOp) 
 def name(autogen_context: AutogenContext, schema: str | None, table: str) -> str:
     """``table`` (in ``schema``) as an identifier in SQL, quoted only if it needs to be."""
     assert autogen_context.dialect is not None
-    preparer = autogen_context.dialect.identifier_preparer
-    quoted = preparer.quote(table)
-    return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
+    return identifier(autogen_context.dialect, schema, table)
 
 
 def setup(plugin: Plugin) -> None:

@@ -48,6 +48,8 @@ from alembic.util import CommandError, DispatchPriority, PriorityDispatchResult
 from sqlalchemy import Table, text
 from sqlalchemy.engine import Connection, Dialect
 
+from pgvector_base.migration import declarations
+from pgvector_base.migration.declarations import declaration, identifier, strip_declaration
 from pgvector_base.session import TENANT_SETTING
 
 PLUGIN_NAME = "pgvector_base.tenancy"
@@ -101,15 +103,12 @@ def isolated_by(
     """
     if not column or not role:
         raise ValueError("isolated_by(column, role=...): name the tenant column and the role")
-    arguments = dict(partitions or {})
-    arguments["info"] = {**arguments.get("info", {}), INFO_KEY: Isolation(column, role)}
-    return arguments
+    return declaration(INFO_KEY, Isolation(column, role), partitions or {})
 
 
 def declared(table: Table) -> Isolation | None:
     """The isolation ``table`` declares, if any."""
-    found = table.info.get(INFO_KEY)
-    return found if isinstance(found, Isolation) else None
+    return declarations.declared(table, INFO_KEY, Isolation)
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def compare_isolation(
             continue
         isolation = declared(table)
         if isolation is not None:
-            strip_declaration(upgrade_ops.ops, table)
+            strip_declaration(upgrade_ops.ops, table, INFO_KEY)
             problems += role_problems(connection, table, isolation)
             if problems:
                 continue
@@ -183,18 +182,6 @@ def compare_isolation(
     if problems:
         raise CommandError("; ".join(problems))
     return PriorityDispatchResult.CONTINUE
-
-
-def strip_declaration(operations: list[ops.MigrateOperation], table: Table) -> None:
-    """Leave the declaration out of ``table``'s ``op.create_table(...)``: it becomes statements
-    of its own, and a migration imports nothing of the template's models."""
-    for op in operations:
-        if (
-            isinstance(op, ops.CreateTableOp)
-            and op.table_name == table.name
-            and op.schema == table.schema
-        ):
-            op.info = {key: value for key, value in op.info.items() if key != INFO_KEY}
 
 
 def role_problems(connection: Connection, table: Table, isolation: Isolation) -> list[str]:
@@ -355,11 +342,7 @@ def declared_policy(connection: Connection, table: Table, isolation: Isolation) 
 
 def qualified(connection: Connection, table: Table) -> str:
     """``table``'s name, schema-qualified if the model names a schema, and quoted."""
-    dialect = connection.dialect
-    name = quote(dialect, table.name)
-    return (
-        f"{dialect.identifier_preparer.quote_schema(table.schema)}.{name}" if table.schema else name
-    )
+    return identifier(connection.dialect, table.schema, table.name)
 
 
 def quote(dialect: Dialect, name: str) -> str:

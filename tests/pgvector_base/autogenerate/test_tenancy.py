@@ -15,8 +15,12 @@ from pathlib import Path
 import pytest
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import BigInteger, Column, Engine, Index, Integer, MetaData, String, Table, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import CreateTable
 
-from pgvector_base.migration import partitions, tenancy
+from pgvector_base.migration import distribution, partitions, tenancy
+from pgvector_base.migration.declarations import combined
+from pgvector_base.search.query import DIALECT
 
 from .project import REPOSITORY_ROOT, Project
 
@@ -217,3 +221,36 @@ def test_the_generated_file_passes_ruff_and_mypy(
             assert result.returncode == 0, result.stdout + result.stderr
     finally:
         project.drop_all_tables()
+
+
+def test_distribution_isolation_and_partitions_combine_in_one_declaration() -> None:
+    """``combined()`` puts a Citus placement, row-level security and partitions in one
+    ``__table_args__``: each module reads back its own, and a clash is refused in one line."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Document(Base):
+        __tablename__ = "document"
+        tenant_id: Mapped[int] = mapped_column(primary_key=True)
+        id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+        __table_args__ = (
+            combined(
+                distribution.distributed(by="tenant_id"),
+                tenancy.isolated_by(
+                    "tenant_id", role="app", partitions=partitions.by_hash("tenant_id", 4)
+                ),
+            ),
+        )
+
+    table = Document.__table__
+    assert isinstance(table, Table)
+    assert distribution.declared(table) == distribution.Distributed("tenant_id")
+    assert tenancy.declared(table) == tenancy.Isolation("tenant_id", "app")
+    assert partitions.declared(table) == partitions.Partitions("tenant_id", modulus=4)
+    ddl = str(CreateTable(table).compile(dialect=DIALECT))
+    assert ddl.rstrip().endswith("PARTITION BY HASH (tenant_id)")
+    with pytest.raises(
+        ValueError, match=r"^combined\(\): two declarations set the info key 'citus'"
+    ):
+        combined(distribution.distributed(by="tenant_id"), distribution.reference())
