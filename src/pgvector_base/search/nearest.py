@@ -24,6 +24,7 @@ from sqlalchemy import (
     Float,
     Integer,
     Select,
+    SQLColumnExpression,
     bindparam,
     inspect,
     select,
@@ -99,9 +100,7 @@ class VectorSearch(Generic[ModelT]):
             self._select = self._quantized.rows([])
             self._keys_select = self._quantized.keys([])
             return
-        to_query = attribute.op(self.distance.value, return_type=Float)(
-            bindparam("query", type_=QueryVectorType(attribute.type))
-        )
+        to_query = self._to_query(attribute)
         ordering = to_query.label("distance")
         # Built once, so SQLAlchemy reuses its cache key and compiled SQL for every search. The
         # ORDER BY names the select list's distance, as pgvector's README writes it: the planner
@@ -118,15 +117,19 @@ class VectorSearch(Generic[ModelT]):
         # The same query shape for keys and distances only, on the table's columns: no ORM
         # entities to load (see nearest_keys).
         column = mapper.columns[attribute.key]
-        by_column = column.op(self.distance.value, return_type=Float)(
-            bindparam("query", type_=QueryVectorType(attribute.type))
-        ).label("distance")
+        by_column = self._to_query(column).label("distance")
         self._keys_select = cast(
             "Select[Any]",
             select(*mapper.primary_key, by_column)
             .order_by(by_column)
             .limit(bindparam("k", type_=Integer))
             .execution_options(**READ_REPLICA),
+        )
+
+    def _to_query(self, column: SQLColumnExpression[Any]) -> ColumnElement[float]:
+        """``column <op> :query``, the distance operator the index serves."""
+        return column.op(self.distance.value, return_type=Float)(
+            bindparam("query", type_=QueryVectorType(self.attribute.type))
         )
 
     @property
