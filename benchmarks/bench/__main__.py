@@ -28,6 +28,7 @@ from benchmarks.bench.common import (
     generate,
     hardware,
     item_model,
+    sizes,
     uptime,
 )
 from benchmarks.bench.hybrid import measure_hybrid
@@ -182,20 +183,7 @@ def run(url: URL, args: argparse.Namespace) -> Results:
                 url, model, data.queries, k=args.k, repeats=args.repeats
             )
         # An expression, not a statement: one branch fewer for run(), which has its fill.
-        results.hybrid = (
-            measure_hybrid(
-                engine,
-                app,
-                rows=args.rows,
-                dim=args.dim,
-                queries=args.queries,
-                k=args.k,
-                repeats=args.repeats,
-                seed=args.seed,
-            )
-            if "hybrid" in parts
-            else None
-        )
+        results.hybrid = measure_hybrid(engine, app, **sizes(args)) if "hybrid" in parts else None
         if "replica" in parts:
             results.replica = measure_replica(
                 model,
@@ -207,18 +195,7 @@ def run(url: URL, args: argparse.Namespace) -> Results:
             )
         application_parts(results, parts, url, engine, app, model=model, data=data, args=args)
         if "scaling" in parts:
-            results.scaling = measure_scaling(
-                engine,
-                app,
-                model=model,
-                table=table,
-                rows=args.rows,
-                dim=args.dim,
-                queries=args.queries,
-                k=args.k,
-                repeats=args.repeats,
-                seed=args.seed,
-            )
+            results.scaling = measure_scaling(engine, app, model=model, table=table, **sizes(args))
     finally:
         app.dispose()
         engine.dispose()
@@ -248,27 +225,9 @@ def application_parts(
     if "startup" in parts:
         results.startup = measure_startup(url, args.repeats)
     if "quantized" in parts:
-        results.quantized, results.quantized_missing = measure_quantized(
-            engine,
-            app,
-            rows=args.rows,
-            dim=args.dim,
-            queries=args.queries,
-            k=args.k,
-            repeats=args.repeats,
-            seed=args.seed,
-        )
+        results.quantized, results.quantized_missing = measure_quantized(engine, app, **sizes(args))
     if "tenants" in parts:
-        results.tenants = measure_tenants(
-            engine,
-            app,
-            rows=args.rows,
-            dim=args.dim,
-            queries=args.queries,
-            k=args.k,
-            repeats=args.repeats,
-            seed=args.seed,
-        )
+        results.tenants = measure_tenants(engine, app, **sizes(args))
 
 
 def source() -> str:

@@ -6,23 +6,25 @@ import argparse
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import BigInteger, Engine, Index, create_engine, text
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
 from pgvector_base.session import set_local
 
 T = TypeVar("T")
+R = TypeVar("R")
 RESULTS = Path(__file__).resolve().parents[1]
 REPOSITORY_ROOT = RESULTS.parent
 # The embedded server's binaries (pgbench, initdb, pg_basebackup), located without importing the
@@ -343,6 +345,29 @@ class Data:
     query_categories: list[int]
 
 
+class Sizes(TypedDict):
+    """The sizes a part that makes its own table takes from the command line (``**sizes(args)``)."""
+
+    rows: int
+    dim: int
+    queries: int
+    k: int
+    repeats: int
+    seed: int
+
+
+def sizes(args: argparse.Namespace) -> Sizes:
+    """``--rows``, ``--dim``, ``--queries``, ``--k``, ``--repeats`` and ``--seed``."""
+    return Sizes(
+        rows=args.rows,
+        dim=args.dim,
+        queries=args.queries,
+        k=args.k,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+
+
 def generate(args: argparse.Namespace) -> Data:
     """The rows and queries of the run, from ``--seed``."""
     rng = np.random.default_rng(args.seed)
@@ -379,6 +404,23 @@ def in_turn(methods: dict[str, T], number: int) -> list[tuple[str, T]]:
     items = list(methods.items())
     start = number % len(items)
     return items[start:] + items[:start]
+
+
+def timed_queries(
+    session: Session, queries: Sequence[T], search: Callable[[T], R]
+) -> tuple[list[float], list[R]]:
+    """Each query's latency through ``search`` after an untimed run of it, and what it found;
+    the session lets go of its objects after each query, so that none accumulates."""
+    latencies: list[float] = []
+    found: list[R] = []
+    for query in queries:
+        search(query)
+        started = time.perf_counter()
+        result = search(query)
+        latencies.append(time.perf_counter() - started)
+        found.append(result)
+        session.expunge_all()
+    return latencies, found
 
 
 def percentiles(latencies: Sequence[float]) -> tuple[float, float, float]:

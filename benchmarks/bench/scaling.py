@@ -18,6 +18,7 @@ from benchmarks.bench.common import (
     checkpoint,
     embeddings,
     in_turn,
+    timed_queries,
 )
 from benchmarks.bench.query import explain
 from sqlalchemy import Engine, Table, text
@@ -132,21 +133,15 @@ def query(
     k: int,
 ) -> tuple[list[float], list[list[int]]]:
     """Each query's latency through ``nearest`` after an untimed run of it, and the ids found."""
-    latencies: list[float] = []
-    found: list[list[int]] = []
     with Session(app) as session:
         set_local(session, settings)
         plan = "\n".join(explain(session, search, queries[0], k, []))
         if INDEX not in plan:
             raise RuntimeError(f"the search does not use the index (too few --rows?):\n{plan}")
-        for vector in queries:
-            search.nearest(session, vector, k)
-            started = time.perf_counter()
-            neighbors = search.nearest(session, vector, k)
-            latencies.append(time.perf_counter() - started)
-            found.append([neighbor.item.id for neighbor in neighbors])
-            session.expunge_all()
-    return latencies, found
+        latencies, found = timed_queries(
+            session, queries, lambda vector: search.nearest(session, vector, k)
+        )
+    return latencies, [[neighbor.item.id for neighbor in neighbors] for neighbors in found]
 
 
 def exact(

@@ -23,13 +23,12 @@ Recall@k is against numpy's exact answer among the tenant's rows. Each figure is
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from benchmarks.bench.common import Spread, TenantFigures, embeddings, in_turn
+from benchmarks.bench.common import Spread, TenantFigures, embeddings, in_turn, timed_queries
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import BigInteger, Engine, Index, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -219,15 +218,6 @@ def run(
     k: int,
 ) -> tuple[list[float], list[list[int]]]:
     """Each query's latency for ``tenant`` after an untimed run of it, and the ids found."""
-    latencies: list[float] = []
-    found: list[list[int]] = []
     with Session(app) as session:
         set_local(session, settings)
-        for vector in queries:
-            searcher(session, tenant, vector, k)
-            started = time.perf_counter()
-            ids = searcher(session, tenant, vector, k)
-            latencies.append(time.perf_counter() - started)
-            found.append(ids)
-            session.expunge_all()
-    return latencies, found
+        return timed_queries(session, queries, lambda vector: searcher(session, tenant, vector, k))
