@@ -13,7 +13,7 @@ replica are ``replicas/test_replicas.py``'s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,6 @@ from sqlalchemy import (
     Index,
     Text,
     create_engine,
-    event,
     func,
     insert,
     inspect,
@@ -53,6 +52,8 @@ from pgvector_base.session import (
     session_factory,
 )
 from tests.conftest import CreateDatabase
+
+from .plans import plan
 
 ROWS = 3000
 DIM = 16
@@ -360,25 +361,6 @@ def test_filters_hold_on_both_legs(engine: Engine) -> None:
     assert max(hit.text_rank or 0 for hit in hits) > 1
 
 
-def plan(engine: Engine, run: Callable[[], object]) -> str:
-    """EXPLAIN of the hybrid statement that ``run`` sends, with the parameters it sent."""
-    sent: list[tuple[str, Any]] = []
-
-    def capture(*args: Any) -> None:
-        if "vector_hits" in args[2]:
-            sent.append((args[2], args[3]))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        run()
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    ((statement, parameters),) = sent
-    with engine.begin() as connection:
-        connection.execute(text("SET LOCAL enable_seqscan = off"))
-        return "\n".join(connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars())
-
-
 @pytest.mark.parametrize(
     ("model", "distance", "vector_index", "text_index"),
     [
@@ -395,6 +377,8 @@ def test_both_legs_use_their_indexes(
         explained = plan(
             engine,
             lambda: search.search(session, query_vector(3), "w4", 10, where=[model.category == 2]),
+            "SET LOCAL enable_seqscan = off",
+            marker="vector_hits",
         )
     assert f"Index Scan using {vector_index}" in explained
     assert f"Bitmap Index Scan on {text_index}" in explained

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ from pgvector_base.search.recall import main as recall_command
 from pgvector_base.search.recall import measure_recall
 from pgvector_base.session import async_session_factory, create_app_engine, create_async_app_engine
 from tests.conftest import CreateDatabase
+
+from .plans import plan
 
 ROWS = 3000
 DIM = 64
@@ -116,26 +118,6 @@ def engine(url: URL) -> Iterator[Engine]:
     engine = create_app_engine(url)
     yield engine
     engine.dispose()
-
-
-def plan(engine: Engine, run: Callable[[], object], *setup: str) -> str:
-    """EXPLAIN of the search that ``run`` sends, with its parameters, after ``setup``."""
-    sent: list[tuple[str, Any]] = []
-
-    def capture(*args: Any) -> None:
-        if "ORDER BY" in args[2]:
-            sent.append((args[2], args[3]))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        run()
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    ((statement, parameters),) = sent
-    with engine.begin() as connection:
-        for line in setup:
-            connection.exec_driver_sql(line)
-        return "\n".join(connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars())
 
 
 def searches() -> dict[str, VectorSearch[Doc]]:

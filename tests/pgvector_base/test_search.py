@@ -26,6 +26,8 @@ from pgvector_base.search import Distance, NoIndexError, SearchSettings, VectorS
 from pgvector_base.session import EngineSettings, create_app_engine, session_factory
 from tests.conftest import CreateDatabase
 
+from .plans import plan
+
 PRODUCTS = 2000
 EMBEDDING_DIM = 384
 ITEMS = 5000
@@ -140,26 +142,6 @@ def exactly(message: str) -> str:
 def stored(session: Session, column: Any, key: int) -> list[float]:
     """The vector of one row, to search with."""
     return list(session.execute(select(column).where(column.class_.id == key)).scalar_one())
-
-
-def plan(engine: Engine, run: Callable[[], object]) -> str:
-    """EXPLAIN of the k-NN query that ``run`` sends, with the parameters it sent."""
-    sent: list[tuple[str, Any]] = []
-
-    def capture(*args: Any) -> None:
-        statement, parameters = args[2], args[3]
-        if "ORDER BY" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        run()
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    ((statement, parameters),) = sent
-    with engine.connect() as connection:
-        rows = connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars()
-        return "\n".join(rows)
 
 
 def test_nearest_uses_the_index(engine: Engine, session: Session) -> None:
