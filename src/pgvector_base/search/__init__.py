@@ -5,6 +5,7 @@ One concern per module, each reusable by another kind of search:
 - :mod:`~pgvector_base.search.indexes`: the vector indexes declared on a model, and their distance;
 - :mod:`~pgvector_base.search.query`: query vectors checked and encoded as the column's type;
 - :mod:`~pgvector_base.search.settings`: index settings, checked against pgvector's ranges;
+- :mod:`~pgvector_base.search.ranking`: the statement shape a vector index serves;
 - :mod:`~pgvector_base.search.nearest`: :class:`VectorSearch`, the k nearest rows;
 - :mod:`~pgvector_base.search.quantized`: searches through a quantized index, re-ranked;
 - :mod:`~pgvector_base.search.hybrid`: :class:`HybridSearch`, vector and full text fused by rank;

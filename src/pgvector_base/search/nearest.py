@@ -22,17 +22,16 @@ from typing import Any, Generic, TypeVar, cast
 from sqlalchemy import (
     ColumnElement,
     Float,
-    Integer,
     Select,
     SQLColumnExpression,
     bindparam,
     inspect,
     select,
 )
-from sqlalchemy.orm import InstrumentedAttribute, Session, defer
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from pgvector_base.search import quantized
-from pgvector_base.search.indexes import Distance, QuantizedIndex, search_index, similarity
+from pgvector_base.search.indexes import Distance, QuantizedIndex, search_index
 from pgvector_base.search.quantized import QuantizedStatements
 from pgvector_base.search.query import (
     QueryEncoder,
@@ -41,6 +40,7 @@ from pgvector_base.search.query import (
     checked_k,
     query_type,
 )
+from pgvector_base.search.ranking import ranked_keys, ranked_rows
 from pgvector_base.search.settings import SearchSettings, local_settings
 from pgvector_base.session import READ_REPLICA, set_local
 
@@ -100,31 +100,12 @@ class VectorSearch(Generic[ModelT]):
             self._select = self._quantized.rows([])
             self._keys_select = self._quantized.keys([])
             return
-        to_query = self._to_query(attribute)
-        ordering = to_query.label("distance")
-        # Built once, so SQLAlchemy reuses its cache key and compiled SQL for every search. The
-        # ORDER BY names the select list's distance, as pgvector's README writes it: the planner
-        # sees the operator expression there, and the query vector is sent once less.
-        # (SQLAlchemy 2.0 and 2.1 spell a Select's column types differently, hence Select[Any].)
-        self._select = cast(
-            "Select[Any]",
-            select(model, ordering, similarity(self.distance, to_query))
-            .order_by(ordering)
-            .limit(bindparam("k", type_=Integer))
-            .options(defer(attribute))
-            .execution_options(**READ_REPLICA),
-        )
-        # The same query shape for keys and distances only, on the table's columns: no ORM
-        # entities to load (see nearest_keys).
+        # Built once, so SQLAlchemy reuses its cache key and compiled SQL for every search.
+        self._select = ranked_rows(model, self._to_query(attribute), self.distance, attribute)
+        # The same query shape for keys and distances only, on the table's columns (see
+        # nearest_keys).
         column = mapper.columns[attribute.key]
-        by_column = self._to_query(column).label("distance")
-        self._keys_select = cast(
-            "Select[Any]",
-            select(*mapper.primary_key, by_column)
-            .order_by(by_column)
-            .limit(bindparam("k", type_=Integer))
-            .execution_options(**READ_REPLICA),
-        )
+        self._keys_select = ranked_keys(mapper.primary_key, self._to_query(column))
 
     def _to_query(self, column: SQLColumnExpression[Any]) -> ColumnElement[float]:
         """``column <op> :query``, the distance operator the index serves."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
@@ -39,12 +39,12 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.orm import InstrumentedAttribute, aliased, defer
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
-from pgvector_base.search.indexes import Distance, Quantization, QuantizedIndex, similarity
+from pgvector_base.search.indexes import Distance, Quantization, QuantizedIndex
 from pgvector_base.search.query import INT4_MAX, QueryVectorType
+from pgvector_base.search.ranking import ranked_keys, ranked_rows
 from pgvector_base.search.settings import SearchSettings
-from pgvector_base.session import READ_REPLICA
 
 DEFAULT_OVERSAMPLING: Mapping[Quantization, int] = MappingProxyType({"halfvec": 2, "binary": 8})
 """Candidates per result when the settings give no ``oversampling``, per quantization, from the
@@ -107,29 +107,14 @@ class QuantizedStatements:
         candidates = aliased(self._model, self._candidates([self._table], where))
         vector = getattr(candidates, self._attribute.key)
         measured = vector.op(self._distance.value, return_type=Float)(self._query)
-        ordering = measured.label("distance")
-        return cast(
-            "Select[Any]",
-            select(candidates, ordering, similarity(self._distance, measured))
-            .order_by(ordering)
-            .limit(bindparam("k", type_=Integer))
-            .options(defer(vector))
-            .execution_options(**READ_REPLICA),
-        )
+        return ranked_rows(candidates, measured, self._distance, vector)
 
     def _build_keys(self, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
         candidates = self._candidates([*self._primary_key, self._column], where)
         measured = candidates.c[self._column.key].op(self._distance.value, return_type=Float)(
             self._query
         )
-        ordering = measured.label("distance")
-        return cast(
-            "Select[Any]",
-            select(*(candidates.c[column.key] for column in self._primary_key), ordering)
-            .order_by(ordering)
-            .limit(bindparam("k", type_=Integer))
-            .execution_options(**READ_REPLICA),
-        )
+        return ranked_keys([candidates.c[column.key] for column in self._primary_key], measured)
 
 
 def candidates(k: int, settings: SearchSettings | None, index: QuantizedIndex) -> int:
