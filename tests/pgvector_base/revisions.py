@@ -188,3 +188,17 @@ def failed_line(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in output, output
     (line,) = [line for line in output.splitlines() if line.startswith("FAILED:")]
     return line
+
+
+def passes_lint_and_types(*files: Path | str) -> None:
+    """ruff check, ruff format --check and mypy --strict on ``files``, as the project runs them."""
+    for tool in (["ruff", "check"], ["ruff", "format", "--check"], ["mypy", "--strict"]):
+        result = subprocess.run(
+            [sys.executable, "-m", *tool, *map(str, files)],
+            cwd=REPOSITORY_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

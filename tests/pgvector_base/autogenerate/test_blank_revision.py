@@ -5,14 +5,13 @@ Filled in as Alembic's tutorial shows, it runs as written.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import BigInteger, Column, MetaData, Table, Text
 from sqlalchemy.engine import Engine
 
-from .project import REPOSITORY_ROOT, Project
+from ..revisions import passes_lint_and_types
+from .project import Project
 
 BODY = """    op.create_table(
         "memo",
@@ -21,26 +20,13 @@ BODY = """    op.create_table(
     )"""
 
 
-def lint(files: list[Path]) -> None:
-    """ruff check, ruff format --check and mypy --strict, as the project runs them."""
-    for tool in (["ruff", "check"], ["ruff", "format", "--check"], ["mypy", "--strict"]):
-        result = subprocess.run(
-            [sys.executable, "-m", *tool, *map(str, files)],
-            cwd=REPOSITORY_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_a_blank_revision_filled_in_by_hand_runs(module_engine: Engine, tmp_path: Path) -> None:
     project = Project(module_engine, tmp_path / "migrations" / "versions", hooks=True)
     try:
         path = project.blank("memo table")
         written = path.read_text()
         assert "import sqlalchemy as sa\nfrom alembic import op\n" in written
-        lint([path])
+        passes_lint_and_types(path)
 
         upgrade = '    """Upgrade schema."""\n    pass'
         downgrade = '    """Downgrade schema."""\n    pass'
@@ -51,7 +37,7 @@ def test_a_blank_revision_filled_in_by_hand_runs(module_engine: Engine, tmp_path
                 downgrade, downgrade.replace("pass", 'op.drop_table("memo")')
             )
         )
-        lint([path])
+        passes_lint_and_types(path)
         project.upgrade()
         memo = MetaData()
         Table("memo", memo, Column("id", BigInteger, primary_key=True), Column("body", Text))

@@ -25,8 +25,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 
+from ..revisions import passes_lint_and_types
 from .project import Project
-from .test_blank_revision import lint
 
 # What a generated migration may import: the libraries, never the models' module.
 LIBRARY_IMPORTS = {
@@ -173,7 +173,7 @@ def generate(project: Project, metadata: MetaData) -> str:
     before = set(project.versions.glob("*.py"))
     project.revise(metadata)
     (path,) = set(project.versions.glob("*.py")) - before
-    lint([path])
+    passes_lint_and_types(path)
     generated = path.read_text()
     assert __name__ not in generated
     imported = {

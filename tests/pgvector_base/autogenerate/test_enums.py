@@ -6,14 +6,13 @@ The files are written with the post-write hooks and must pass ruff and mypy as t
 from __future__ import annotations
 
 import enum
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import BigInteger, Column, Enum, MetaData, Table
 from sqlalchemy.engine import Engine
 
-from .project import REPOSITORY_ROOT, Project
+from ..revisions import passes_lint_and_types
+from .project import Project
 
 
 def ticket(*states: str) -> MetaData:
@@ -64,15 +63,7 @@ def test_values_added_and_removed_are_migrated(module_engine: Engine, tmp_path: 
         project.settled(ticket("open", "waiting"))
 
         files = sorted(map(str, project.versions.glob("*.py")))
-        for tool in (["ruff", "check"], ["ruff", "format", "--check"], ["mypy", "--strict"]):
-            result = subprocess.run(
-                [sys.executable, "-m", *tool, *files],
-                cwd=REPOSITORY_ROOT,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr
+        passes_lint_and_types(*files)
 
         project.downgrade("base")
         assert project.fetch("SELECT to_regtype('ticket_state')") == [(None,)]

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import BigInteger, Column, Index, MetaData, Table, Text, func
 from sqlalchemy.engine import Engine
 
+from ..revisions import passes_lint_and_types
 from .project import Project
-from .test_blank_revision import lint
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def generate(project: Project, metadata: MetaData) -> str:
     before = set(project.versions.glob("*.py"))
     project.revise(metadata)
     (path,) = set(project.versions.glob("*.py")) - before
-    lint([path])
+    passes_lint_and_types(path)
     return path.read_text()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from pgvector.sqlalchemy import BIT, HALFVEC, SPARSEVEC, VECTOR
 from sqlalchemy import BigInteger, Column, Index, MetaData, Table, cast, create_engine, func
 from sqlalchemy.engine import URL, Engine
 
-from .project import REPOSITORY_ROOT, Project
+from ..revisions import passes_lint_and_types
+from .project import Project
 
 
 def models(dimensions: int, concurrent_index: bool) -> MetaData:
@@ -106,15 +106,7 @@ def test_generated_files_pass_ruff_and_mypy(history: Project) -> None:
     text = "\n".join(path.read_text() for path in generated)
     assert "from pgvector.sqlalchemy import BIT, HALFVEC, SPARSEVEC, VECTOR" in text
     assert "from pgvector_base.migration import indexes" in text
-    for tool in (["ruff", "check"], ["ruff", "format", "--check"], ["mypy", "--strict"]):
-        result = subprocess.run(
-            [sys.executable, "-m", *tool, *map(str, generated)],
-            cwd=REPOSITORY_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+    passes_lint_and_types(*generated)
 
 
 def test_offline_upgrade_applies_to_an_empty_database_and_downgrade_reverses_it(

@@ -6,8 +6,6 @@ index each partition has under the parent's.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,7 +14,8 @@ from sqlalchemy import BigInteger, Column, Engine, Index, MetaData, String, Tabl
 
 from pgvector_base.migration import partitions
 
-from .project import REPOSITORY_ROOT, Project
+from ..revisions import passes_lint_and_types
+from .project import Project
 
 TENANTS = {"acme": ["acme"], "globex": ["globex"], "small": ["initech", "hooli"]}
 
@@ -244,16 +243,7 @@ def test_the_generated_file_passes_ruff_and_mypy(module_engine: Engine, tmp_path
     try:
         project.revise(documents(lists={"o'hare": ["o'hare"], "acme": ["acme"]}))
         (script,) = project.versions.glob("*.py")
-        for tool in (["ruff", "check"], ["ruff", "format", "--check"], ["mypy"]):
-            result = subprocess.run(
-                [sys.executable, "-m", *tool, str(script)],
-                cwd=REPOSITORY_ROOT,
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=300,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr
+        passes_lint_and_types(script)
         project.upgrade()
         assert partition_bounds(project)["document_o'hare"] == "FOR VALUES IN ('o''hare')"
     finally:

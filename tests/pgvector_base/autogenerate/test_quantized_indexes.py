@@ -20,8 +20,8 @@ from pgvector.sqlalchemy import BIT, HALFVEC, VECTOR
 from sqlalchemy import BigInteger, Column, Index, MetaData, Table, cast, func
 from sqlalchemy.engine import Engine
 
+from ..revisions import passes_lint_and_types
 from .project import Project
-from .test_blank_revision import lint
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def generate(project: Project, metadata: MetaData) -> str:
     before = set(project.versions.glob("*.py"))
     project.revise(metadata)
     (path,) = set(project.versions.glob("*.py")) - before
-    lint([path])
+    passes_lint_and_types(path)
     return path.read_text()
 
 

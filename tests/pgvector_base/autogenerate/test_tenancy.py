@@ -6,8 +6,6 @@ and what the server lets a role see.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +20,8 @@ from pgvector_base.migration import distribution, partitions, tenancy
 from pgvector_base.migration.declarations import combined
 from pgvector_base.search.query import DIALECT
 
-from .project import REPOSITORY_ROOT, Project
+from ..revisions import passes_lint_and_types
+from .project import Project
 
 MakeRole = Callable[..., str]
 
@@ -209,16 +208,7 @@ def test_the_generated_file_passes_ruff_and_mypy(
     try:
         project.revise(documents(role))
         (script,) = project.versions.glob("*.py")
-        for tool in (["ruff", "check"], ["ruff", "format", "--check"], ["mypy"]):
-            result = subprocess.run(
-                [sys.executable, "-m", *tool, str(script)],
-                cwd=REPOSITORY_ROOT,
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=300,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr
+        passes_lint_and_types(script)
     finally:
         project.drop_all_tables()
 

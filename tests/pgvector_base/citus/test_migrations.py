@@ -5,8 +5,6 @@ it. What Citus did is read from its catalog (``citus_tables``) and from the work
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,8 @@ from pgvector_base.migration.distribution import distributed, reference
 from pgvector_base.migration.locking import LOCK_TIMEOUT_ENV, MIGRATION_LOCK_KEY
 from pgvector_base.migration.timeouts import DDL_LOCK_TIMEOUT_ENV
 
-from ..autogenerate.project import REPOSITORY_ROOT, Project
+from ..autogenerate.project import Project
+from ..revisions import passes_lint_and_types
 from .conftest import CitusDatabase
 
 
@@ -110,19 +109,6 @@ def colocation(project: Project, table: str) -> int:
             t=table,
         )[0][0]
     )
-
-
-def passes_lint_and_types(path: Path) -> None:
-    for tool in (["ruff", "check"], ["ruff", "format", "--check"], ["mypy"]):
-        result = subprocess.run(
-            [sys.executable, "-m", *tool, str(path)],
-            cwd=REPOSITORY_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_distributed_and_reference_tables_autogenerate_apply_check_and_downgrade(
