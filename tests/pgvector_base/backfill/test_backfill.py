@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from pgvector_base.backfill import BackfillError, backfill, main
 from pgvector_base.database import DATABASE_URL_ENV
 
 from .conftest import REPOSITORY_ROOT, fill, stored, wrong_rows
-from .embedder import NEW_DIM, Doc, Note, embed, vectors
+from .embedder import NEW_DIM, Doc, Note, Passage, embed, vectors
 
 
 def null_count(engine: Engine) -> int:
@@ -84,6 +85,20 @@ def test_text_keys_several_sources_and_halfvec(doc_engine: Engine) -> None:
     for key, found in stored_notes:
         expected = vectors([f"{key.upper()}|{key}"])[0].astype(np.float16)
         assert np.array_equal(np.asarray(found, np.float16), expected), key
+
+
+def test_uuid_keys(doc_engine: Engine) -> None:
+    # PostgreSQL has no max(uuid): a pass's bound must not depend on it.
+    bodies = {uuid.uuid4(): f"passage {n}" for n in range(250)}
+    with doc_engine.begin() as connection:
+        connection.execute(insert(Passage), [{"id": k, "body": b} for k, b in bodies.items()])
+    result = backfill(doc_engine, Passage.embedding_v2, ["body"], embed, batch_size=100)
+    assert (result.rows, result.calls, result.remaining) == (250, 3, 0)
+    with doc_engine.connect() as connection:
+        stored_passages = connection.execute(select(Passage.id, Passage.embedding_v2)).all()
+    assert len(stored_passages) == 250
+    for key, found in stored_passages:
+        assert np.array_equal(np.asarray(found, np.float32), vectors([bodies[key]])[0]), key
 
 
 def test_a_table_without_the_trigger_is_warned_about(
