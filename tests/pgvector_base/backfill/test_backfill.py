@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 from pgvector_base.backfill import BackfillError, backfill, main
 from pgvector_base.database import DATABASE_URL_ENV
 
+from ..reliability.servers import free_port
 from .conftest import REPOSITORY_ROOT, fill, stored, wrong_rows
 from .embedder import NEW_DIM, Doc, Note, Passage, embed, vectors
 
@@ -354,6 +355,23 @@ def test_the_command_refuses_bad_arguments_in_one_line(
     refused = capsys.readouterr()
     assert refused.out == ""
     assert refused.err.splitlines() == [f"pgvector-backfill: error: {error}"]
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    monkeypatch.setenv(DATABASE_URL_ENV, f"postgresql://app:Secret-pw-42@127.0.0.1:{port}/app")
+    target = "tests.pgvector_base.backfill.embedder:Doc.embedding_v2"
+    embed_name = "tests.pgvector_base.backfill.embedder:embed"
+    assert main([target, "--source", "body", "--embed", embed_name, "--no-progress"]) == 1
+    refused = capsys.readouterr()
+    assert "Secret-pw-42" not in refused.out + refused.err
+    assert refused.err.splitlines() == [
+        f"pgvector-backfill: error: cannot connect to PostgreSQL at 127.0.0.1:{port} "
+        "(database 'app'): Connection refused; is the server running? (docker compose up -d db, "
+        "or unset DATABASE_URL for the embedded server)"
+    ]
 
 
 def test_a_missing_column_points_at_the_expand_migration(
