@@ -15,12 +15,13 @@ from __future__ import annotations
 import itertools
 import struct
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from pgvector import HalfVector, SparseVector, Vector
 from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
-from sqlalchemy import BigInteger, Boolean, Column, Integer, SmallInteger, String
+from sqlalchemy import BigInteger, Boolean, Column, Integer, SmallInteger, String, Uuid
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
@@ -408,11 +409,28 @@ def _value_encoder(column: Column[Any], encoding: str, hnsw_index: str | None) -
         return _integer_encoder(type_)
     if isinstance(type_, String):
         return _text_encoder(type_.length, encoding)
+    if isinstance(type_, Uuid):
+        return _uuid
     raise UnloadableError(
         f"column {column.name} has type {type_.compile(dialect=DIALECT)}, which "
-        "the binary loader does not encode; supported: integers, booleans, strings, VECTOR, "
-        "HALFVEC, SPARSEVEC (pass columns= to leave it to its default)"
+        "the binary loader does not encode; supported: integers, booleans, strings, UUID, "
+        "VECTOR, HALFVEC, SPARSEVEC (pass columns= to leave it to its default)"
     )
+
+
+UUID_FIELD = LENGTH.pack(16)
+
+
+def _uuid(value: Any) -> bytes:
+    # uuid_recv takes the 16 bytes in order; a string is read as the server would read its text.
+    if isinstance(value, str):
+        try:
+            value = uuid.UUID(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a UUID") from None
+    if not isinstance(value, uuid.UUID):
+        raise TypeError(f"expected a UUID, got {value!r}")
+    return UUID_FIELD + value.bytes
 
 
 def _boolean(value: Any) -> bytes:
