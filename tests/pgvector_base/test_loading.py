@@ -35,6 +35,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     Uuid,
     create_engine,
     func,
@@ -45,6 +46,7 @@ from sqlalchemy import (
     table as table_clause,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pgvector_base.loading import (
@@ -502,6 +504,37 @@ def test_a_bad_uuid_is_named_by_its_line(
     assert str(failed.value).startswith(message)
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT count(*) FROM loading_uuid")) == 0
+
+
+class Lowercase(TypeDecorator[str]):
+    """Text stored lower-cased: a type of the application's own."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else value.lower()
+
+
+DECORATED_TABLE = Table(
+    "loading_decorated",
+    MetaData(),
+    Column("id", BigInteger, primary_key=True),
+    Column("tag", Lowercase),
+)
+
+
+def test_a_type_of_its_own_stores_what_its_bind_processing_makes(engine: Engine) -> None:
+    DECORATED_TABLE.create(engine)
+    try:
+        with engine.begin() as connection:
+            load(connection, DECORATED_TABLE, [(1, "MiXeD"), (2, None)])
+            stored = connection.execute(
+                text("SELECT id, tag FROM loading_decorated ORDER BY id")
+            ).all()
+    finally:
+        DECORATED_TABLE.drop(engine)
+    assert stored == [(1, "mixed"), (2, None)]
 
 
 def test_a_column_type_without_an_encoder_is_refused(engine: Engine) -> None:
