@@ -842,7 +842,7 @@ STALE_COLUMNS = Table(
     Column("id", BigInteger, primary_key=True),
     Column("title", String(20)),
 )
-SUPPORTED = "supported: integers, booleans, strings, VECTOR, HALFVEC, SPARSEVEC"
+SUPPORTED = "supported: integers, booleans, strings, UUID, VECTOR, HALFVEC, SPARSEVEC"
 ADVICE = "run the migrations (alembic upgrade head) or fix the model of loading_document"
 
 
