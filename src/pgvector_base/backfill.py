@@ -380,9 +380,10 @@ def _column(attribute: Column_) -> Column[Any]:
     """The table column of a model attribute (``Item.embedding_v2``) or of a ``Column``."""
     if isinstance(attribute, Column):
         return attribute
-    columns = getattr(attribute.property, "columns", None)
+    # Anything else named on the command line (a model, a function) has no .property.
+    columns = getattr(getattr(attribute, "property", None), "columns", None)
     if not columns or not isinstance(columns[0], Column):
-        raise BackfillError(f"{attribute} is not a column of a table")
+        raise BackfillError(f"{attribute} is not a column of a table; name one: Model.column")
     return columns[0]
 
 
@@ -587,6 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         target = load_object(args.target, "the target")
         embed = load_object(args.embed, "--embed")
+        if not callable(embed):
+            raise BackfillError(
+                f"--embed {args.embed!r} names a {type(embed).__name__}, not a function"
+            )
         transient = tuple(
             load_object(name.strip(), "--transient")
             for name in args.transient.split(",")

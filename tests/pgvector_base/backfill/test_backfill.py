@@ -340,8 +340,23 @@ def test_the_command_runs_an_async_embed_function_on_the_async_engine(
             ],
             "backfill_doc.body must be a VECTOR(n) or HALFVEC(n) column to backfill, not TEXT",
         ),
+        (
+            ["tests.pgvector_base.backfill.embedder:Doc", "--source", "body", "--embed", EMBED],
+            "<class 'tests.pgvector_base.backfill.embedder.Doc'> is not a column of a table; "
+            "name one: Model.column",
+        ),
+        (
+            [
+                TARGET,
+                "--source",
+                "body",
+                "--embed",
+                "tests.pgvector_base.backfill.embedder:NEW_DIM",
+            ],
+            "--embed 'tests.pgvector_base.backfill.embedder:NEW_DIM' names a int, not a function",
+        ),
     ],
-    ids=["unknown source", "unknown function", "not a vector"],
+    ids=["unknown source", "unknown function", "not a vector", "a model", "not callable"],
 )
 def test_the_command_refuses_bad_arguments_in_one_line(
     doc_url: URL,
