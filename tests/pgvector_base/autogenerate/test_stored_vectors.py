@@ -74,6 +74,26 @@ def test_dropping_a_vector_column_needs_the_run_to_name_it(stored: Project) -> N
     assert vectors(stored, "embedding") == [(1, None), (2, None)]
 
 
+def test_the_downgrade_of_a_dropped_not_null_column_stops_in_one_line(project: Project) -> None:
+    # The generated downgrade adds the column back NOT NULL, which rows without it refuse.
+    project.revise(passage(embedding(nullable=False)))
+    project.upgrade()
+    project.execute("INSERT INTO passage VALUES (1, '[1,2,3]')")
+    project.revise(passage(), allow_drop="passage.embedding")
+    project.upgrade()
+    head = project.fetch("SELECT version_num FROM alembic_version")
+    with pytest.raises(CommandError) as failure:
+        project.downgrade()
+    assert str(failure.value) == (
+        "cannot make passage.embedding NOT NULL: rows already stored have no value in it; the "
+        "migration was rolled back. Add the column nullable, fill it, then declare it NOT NULL; "
+        "a downgrade that adds back a dropped column cannot bring its values back: make that "
+        "add_column nullable=True"
+    )
+    assert project.fetch("SELECT version_num FROM alembic_version") == head
+    assert project.fetch("SELECT count(*) FROM passage") == [(1,)]
+
+
 def test_naming_a_rename_candidate_drops_and_adds_instead(stored: Project) -> None:
     # New embeddings of the same size from another model: the old ones must not be kept.
     generated = stored.revise(passage(embedding("vec")), allow_drop="passage.embedding")
