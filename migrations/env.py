@@ -25,10 +25,12 @@ from pgvector_base.migration import (
     errors,
     exclusion,
     locking,
+    partitions,
     pgai,
     rendering,
     schemas,
     stored_vectors,
+    tenancy,
     timeouts,
     validation,
 )
@@ -54,13 +56,16 @@ def configure(**kwargs: Any) -> None:
         # Alembic's comparators plus ours: index definitions and vector dimensions; before any
         # comparison, a check of the models' vector indexes against pgvector; after it, CREATE
         # SCHEMA where needed, no stored vector dropped unasked, each table placed on a Citus
-        # cluster as its model declares, and the library type each of the team's own column
-        # types is written as. (Enum types compare through
-        # alembic-postgresql-enum, which needs no entry here: see enums.py.)
+        # cluster as its model declares, partitions created as the models declare them and
+        # never dropped, row-level security with its policy and grants as they declare it, and
+        # the library type each of the team's own column types is written as. (Enum types
+        # compare through alembic-postgresql-enum, which needs no entry here: see enums.py.)
         autogenerate_plugins=[
             "alembic.autogenerate.*",
             comparison.PLUGIN_NAME,
             validation.PLUGIN_NAME,
+            partitions.PLUGIN_NAME,
+            tenancy.PLUGIN_NAME,
             schemas.PLUGIN_NAME,
             stored_vectors.PLUGIN_NAME,
             distribution.PLUGIN_NAME,

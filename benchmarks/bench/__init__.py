@@ -37,6 +37,9 @@ per part:
 * quantized (:mod:`.quantized`): the vector HNSW index, a halfvec expression index and binary
   quantization re-ranked at 2, 4 and 8 times oversampling: size, build time, p50 and recall@k by
   :func:`~pgvector_base.search.measure_recall`, on a table of their own;
+* tenants (:mod:`.tenants`): searches for tenants of 0.1%, 1%, 10% and 50% of the rows, served
+  by the shared index (plain, with strict and relaxed iterative scans), by the tenant's own
+  partition and by an exact scan: p50 and recall@k against the exact answer among its rows;
 * scaling (:mod:`.scaling`): loading, building and a query at five table sizes, from a tenth of
   ``--rows`` to twice it.
 

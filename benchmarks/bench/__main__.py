@@ -39,6 +39,7 @@ from benchmarks.bench.replica import measure_replica
 from benchmarks.bench.report import draw_charts, goals, markdown, serialized
 from benchmarks.bench.scaling import measure_scaling
 from benchmarks.bench.startup import measure_startup
+from benchmarks.bench.tenants import measure_tenants
 from benchmarks.bench.throughput import measure_throughput
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
@@ -61,6 +62,7 @@ PARTS = (
     "backfill",
     "startup",
     "quantized",
+    "tenants",
     "scaling",
 )
 # The parts that search the whole table, with its index.
@@ -238,7 +240,7 @@ def application_parts(
     data: Data,
     args: argparse.Namespace,
 ) -> None:
-    """The backfill, start-up and quantized-index parts, as ``--only`` asks."""
+    """The backfill, start-up, quantized-index and tenants parts, as ``--only`` asks."""
     if "backfill" in parts:
         results.backfill = measure_backfill(
             engine, app, model=model, data=data, repeats=args.repeats, duration=args.duration
@@ -247,6 +249,17 @@ def application_parts(
         results.startup = measure_startup(url, args.repeats)
     if "quantized" in parts:
         results.quantized, results.quantized_missing = measure_quantized(
+            engine,
+            app,
+            rows=args.rows,
+            dim=args.dim,
+            queries=args.queries,
+            k=args.k,
+            repeats=args.repeats,
+            seed=args.seed,
+        )
+    if "tenants" in parts:
+        results.tenants = measure_tenants(
             engine,
             app,
             rows=args.rows,

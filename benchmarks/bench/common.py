@@ -240,6 +240,17 @@ class Scale:
 
 
 @dataclass(frozen=True)
+class TenantFigures:
+    """One tenant size served one way: its p50 in milliseconds and its recall@k."""
+
+    share: float
+    rows: int
+    strategy: str
+    p50_ms: Spread
+    recall: float
+
+
+@dataclass(frozen=True)
 class Quantized:
     """One index kind (and oversampling) on one data set: its size, build time, p50 and recall."""
 
@@ -315,6 +326,7 @@ class Results:
     scaling: list[Scale] = field(default_factory=list)
     quantized: list[Quantized] = field(default_factory=list)
     quantized_missing: str = ""
+    tenants: list[TenantFigures] = field(default_factory=list)
     startup: list[Startup] = field(default_factory=list)
     backfill: list[Refill] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)

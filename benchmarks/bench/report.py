@@ -277,6 +277,17 @@ def markdown(results: Results, *, charts: list[str]) -> str:
             f"| {reader.value.show()} | {reader.ratio.show()} |",
         ]
     lines += quantized_table(results)
+    if results.tenants:
+        lines += [
+            "",
+            f"| Tenant (share of rows) | Rows | Served by | p50 ms | Recall@{results.k} |",
+            "|--:|--:|---|--:|--:|",
+            *(
+                f"| {t.share:.1%} | {t.rows:,} | {t.strategy} | {t.p50_ms.show()} "
+                f"| {t.recall:.3f} |"
+                for t in results.tenants
+            ),
+        ]
     if results.startup:
         lines += [
             "",

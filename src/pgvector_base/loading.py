@@ -465,14 +465,18 @@ def _abort(connection: Connection) -> None:
 
 
 def _drop_vector_indexes(connection: Connection, table: Table) -> dict[str, str]:
-    """Drop ``table``'s HNSW and IVFFlat indexes; return each one's name and definition."""
+    """Drop ``table``'s HNSW and IVFFlat indexes; return each one's name and definition.
+
+    The index of a partition that belongs to its parent's index stays: PostgreSQL refuses to drop
+    it alone, so a partition (a tenant's, say) is loaded with its index in place.
+    """
     found = connection.execute(
         text(
             "SELECT c.oid::regclass::text, pg_get_indexdef(c.oid) "
             "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "JOIN pg_am a ON a.oid = c.relam "
             "WHERE i.indrelid = CAST(:table AS regclass) AND a.amname IN ('hnsw', 'ivfflat') "
-            "ORDER BY 1"
+            "AND NOT c.relispartition ORDER BY 1"
         ),
         {"table": _table_name(connection, table)},
     ).all()

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
@@ -582,3 +582,43 @@ def _runs_citus(connection: Connection) -> bool:
             )
         )
     return bool(known)
+
+
+TENANT_SETTING = "app.tenant_id"
+"""The setting that row-level security policies read the transaction's tenant from
+(:mod:`pgvector_base.migration.tenancy`)."""
+_TENANT = "pgvector_base.tenant"
+S = TypeVar("S", bound=Session)
+AS = TypeVar("AS", bound=AsyncSession)
+
+
+def tenant_session(factory: sessionmaker[S], tenant: str | int) -> S:
+    """A session of ``factory`` for ``tenant``: every transaction it begins, on any of its
+    connections, sets ``app.tenant_id`` for that transaction only.
+
+    The setting is transaction-local (``set_config(..., true)``), so it never reaches the next
+    user of a pooled connection, through a transaction-mode pooler too. Use it as
+    ``with tenant_session(Session, tenant_id) as session: ...``; :func:`async_tenant_session`
+    for asyncio.
+    """
+    return factory(info={_TENANT: _tenant_value(tenant)})
+
+
+def async_tenant_session(factory: async_sessionmaker[AS], tenant: str | int) -> AS:
+    """:func:`tenant_session` for an :func:`async_session_factory`."""
+    return factory(info={_TENANT: _tenant_value(tenant)})
+
+
+def _tenant_value(tenant: str | int) -> str:
+    if isinstance(tenant, bool) or not isinstance(tenant, str | int) or tenant == "":
+        raise ValueError(f"tenant_session(..., {tenant!r}): a tenant is a non-empty str or an int")
+    return str(tenant)
+
+
+@event.listens_for(RoutingSession, "after_begin")
+def _set_tenant(session: Session, transaction: object, connection: Connection) -> None:
+    # Before the transaction's first statement on this connection: no query of it runs without
+    # its tenant, and the setting ends with it.
+    tenant = session.info.get(_TENANT)
+    if tenant is not None:
+        set_local(connection, {TENANT_SETTING: tenant})

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,13 +126,15 @@ def start(
     pool_size: int = 20,
     auth_type: AuthType = "trust",
     settings: Mapping[str, str | int] | None = None,
+    users: Sequence[str] = (),
 ) -> Iterator[PgBouncer]:
     """Run PgBouncer in front of ``server`` (any database URL of it) for the block.
 
     ``pool_size`` is ``default_pool_size``: server connections per database and user.
     ``auth_type="md5"`` makes clients send the password; it is the server URL's, or a made-up
     one when the server trusts local connections. ``settings`` adds or overrides lines of the
-    ``[pgbouncer]`` section (e.g. ``query_wait_timeout``).
+    ``[pgbouncer]`` section (e.g. ``query_wait_timeout``). ``users`` are more roles that may log
+    in, with the same password (PgBouncer lets in only the users of its ``auth_file``).
     """
     executable = binary()
     if executable is None:
@@ -145,7 +147,9 @@ def start(
     root = Path(tempfile.mkdtemp(prefix="pgvector-base-pgbouncer-"))
     auth_file = root / "userlist.txt"
     # The password in plain text: PgBouncer then answers md5 and SCRAM challenges of the server.
-    auth_file.write_text(f"{_quote(username)} {_quote(password or '')}\n")
+    auth_file.write_text(
+        "".join(f"{_quote(user)} {_quote(password or '')}\n" for user in (username, *users))
+    )
     config = {
         "listen_addr": "127.0.0.1",
         "listen_port": port,

@@ -86,6 +86,7 @@ EXPECTED = {
         "| binary quantization HNSW, 8x re-ranked |",
         "| halfvec index size over the vector index's (synthetic, 5,000 x 32) |",
     ],
+    "tenants": ["| 0.1% | 20 | exact |", "| 50.0% | 10,000 | partition |"],
     # A tenth of the rows up to twice as many.
     "scaling": ["| 1,500 |", "| 3,750 |", "| 7,500 |", "| 15,000 |", "| 30,000 |"],
 }

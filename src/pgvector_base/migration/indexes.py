@@ -34,7 +34,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from alembic import op
+from alembic.operations import ops
 from sqlalchemy import ColumnElement, TextClause, text
+from sqlalchemy.schema import CreateIndex
 
 from pgvector_base.migration import builds, timeouts
 
@@ -45,6 +47,18 @@ log = logging.getLogger(__name__)
 MEMORY_SIZE = re.compile(r"\d+\s*(?:B|kB|MB|GB|TB)?")
 
 CURRENT_SETTING = text("SELECT current_setting(:name)")
+# The partitions of a table (`:table`, a quoted name), as schema and name.
+PARTITIONS = text(
+    "SELECT namespace.nspname, child.relname FROM pg_inherits "
+    "JOIN pg_class AS child ON child.oid = inhrelid "
+    "JOIN pg_namespace AS namespace ON namespace.oid = child.relnamespace "
+    "WHERE inhparent = to_regclass(CAST(:table AS text)) ORDER BY 2"
+)
+# The indexes attached to a partitioned index (`:index`, a quoted name).
+ATTACHED = text(
+    "SELECT child.relname FROM pg_inherits JOIN pg_class AS child ON child.oid = inhrelid "
+    "WHERE inhparent = to_regclass(CAST(:index AS text))"
+)
 INDEX_VALIDITY = text(
     """
     SELECT ix.indisvalid
@@ -78,6 +92,12 @@ def create_index_concurrently(
     with context.autocommit_block(), timeouts.lifted():
         if context.as_sql:
             drop_if_exists(index_name, table_name, schema)
+        elif children := partitions(table_name, schema):
+            with build_settings(maintenance_work_mem, max_parallel_maintenance_workers):
+                build_on_partitions(
+                    index_name, table_name, columns, schema=schema, children=children, kw=kw
+                )
+            return
         else:
             valid = op.get_bind().scalar(INDEX_VALIDITY, {"name": index_name, "schema": schema})
             if valid:
@@ -97,6 +117,72 @@ def create_index_concurrently(
             )
 
 
+def partitions(table_name: str, schema: str | None) -> list[tuple[str, str]]:
+    """The partitions of ``table_name`` as (schema, name); none if it is not partitioned."""
+    return [
+        (str(child_schema), str(child))
+        for child_schema, child in op.get_bind().execute(
+            PARTITIONS, {"table": qualified(table_name, schema)}
+        )
+    ]
+
+
+def qualified(table_name: str, schema: str | None) -> str:
+    """``schema.table_name`` quoted, for ``to_regclass``."""
+    preparer = op.get_bind().dialect.identifier_preparer
+    name = preparer.quote(table_name)
+    return f"{preparer.quote_schema(schema)}.{name}" if schema else name
+
+
+def build_on_partitions(
+    index_name: str,
+    table_name: str,
+    columns: Sequence[str | TextClause | ColumnElement[Any]],
+    *,
+    schema: str | None,
+    children: list[tuple[str, str]],
+    kw: dict[str, Any],
+) -> None:
+    """Build an index of a partitioned table without blocking its writes.
+
+    PostgreSQL cannot build one concurrently on a partitioned table, so, as its documentation
+    ("CREATE INDEX", "Notes") advises: the parent's index alone (``ON ONLY``, invalid until every
+    partition has one), then each partition's concurrently, each attached to it. Running again
+    after an interruption keeps what was completed and attached, and rebuilds an INVALID
+    leftover.
+    """
+    bind = op.get_bind()
+    if bind.scalar(INDEX_VALIDITY, {"name": index_name, "schema": schema}) is None:
+        parent = ops.CreateIndexOp(index_name, table_name, columns, schema=schema, **kw).to_index()
+        ddl = str(CreateIndex(parent).compile(dialect=bind.dialect))
+        op.execute(ddl.replace(" ON ", " ON ONLY ", 1))
+    attached = {
+        str(name) for name in bind.scalars(ATTACHED, {"index": qualified(index_name, schema)})
+    }
+    for child_schema, child in children:
+        # A name of the partition's and the index's, within PostgreSQL's 63 bytes.
+        child_index = f"{child}_{index_name}"[:63]
+        if child_index in attached:
+            continue
+        valid = bind.scalar(INDEX_VALIDITY, {"name": child_index, "schema": child_schema})
+        if valid is False:
+            log.info("Index %r is INVALID (an interrupted build); rebuilding it", child_index)
+            drop_if_exists(child_index, child, child_schema)
+        if not valid:
+            op.create_index(
+                child_index,
+                child,
+                columns,
+                schema=child_schema,
+                postgresql_concurrently=True,
+                **kw,
+            )
+        op.execute(
+            f"ALTER INDEX {qualified(index_name, schema)} "
+            f"ATTACH PARTITION {qualified(child_index, child_schema)}"
+        )
+
+
 def drop_index_concurrently(index_name: str, table_name: str, *, schema: str | None = None) -> None:
     """Drop an index with ``DROP INDEX CONCURRENTLY IF EXISTS``, without blocking the table."""
     with op.get_context().autocommit_block(), timeouts.lifted():
@@ -104,9 +190,19 @@ def drop_index_concurrently(index_name: str, table_name: str, *, schema: str | N
 
 
 def drop_if_exists(index_name: str, table_name: str, schema: str | None) -> None:
-    """``DROP INDEX CONCURRENTLY IF EXISTS``; call it inside an autocommit block."""
+    """``DROP INDEX CONCURRENTLY IF EXISTS``; call it inside an autocommit block.
+
+    The index of a partitioned table is dropped without ``CONCURRENTLY``, which PostgreSQL
+    refuses for one; the drop takes a moment's lock on each partition.
+    """
+    context = op.get_context()
+    partitioned = not context.as_sql and bool(partitions(table_name, schema))
     op.drop_index(
-        index_name, table_name, schema=schema, if_exists=True, postgresql_concurrently=True
+        index_name,
+        table_name,
+        schema=schema,
+        if_exists=True,
+        postgresql_concurrently=not partitioned,
     )
 
 

@@ -8,7 +8,8 @@ One concern per module, each reusable by another kind of search:
 - :mod:`~pgvector_base.search.nearest`: :class:`VectorSearch`, the k nearest rows;
 - :mod:`~pgvector_base.search.quantized`: searches through a quantized index, re-ranked;
 - :mod:`~pgvector_base.search.hybrid`: :class:`HybridSearch`, vector and full text fused by rank;
-- :mod:`~pgvector_base.search.recall`: approximate against exact recall@k on stored rows.
+- :mod:`~pgvector_base.search.recall`: approximate against exact recall@k on stored rows;
+- :mod:`~pgvector_base.search.tenants`: :class:`TenantSearch`, the k nearest of one tenant's rows.
 
 Everything public is importable from here, as ``from pgvector_base.search import VectorSearch``.
 """
@@ -35,6 +36,7 @@ from pgvector_base.search.query import (
 )
 from pgvector_base.search.recall import RecallReport, measure_recall
 from pgvector_base.search.settings import SETTING_RANGES, IterativeScan, SearchSettings
+from pgvector_base.search.tenants import Plan, TenantSearch
 
 __all__ = [
     "DIALECT",
@@ -51,11 +53,13 @@ __all__ = [
     "ModelT",
     "Neighbor",
     "NoIndexError",
+    "Plan",
     "QuantizedIndex",
     "QueryVector",
     "QueryVectorType",
     "RecallReport",
     "SearchSettings",
+    "TenantSearch",
     "TextIndex",
     "VectorIndex",
     "VectorSearch",
