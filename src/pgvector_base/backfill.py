@@ -58,7 +58,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import InstrumentedAttribute
@@ -66,6 +66,7 @@ from tqdm import tqdm
 
 from pgvector_base.database import DatabaseConfigError
 from pgvector_base.loading import copy_rows
+from pgvector_base.migration.errors import describe
 from pgvector_base.migration.reembed import trigger_name
 
 __all__ = [
@@ -244,7 +245,9 @@ class _Plan:
 
     def bound(self) -> Select[Any]:
         """The highest key now: a pass goes no further, whatever is inserted while it runs."""
-        return select(func.max(self.key))
+        # Not max(): PostgreSQL has no max(uuid), while any key type the primary key's btree
+        # orders can be read from its end, as cheaply.
+        return select(self.key).order_by(self.key.desc()).limit(1)
 
     def count(self, bound: Any) -> Select[Any]:
         """How many rows up to ``bound`` need work."""
@@ -377,9 +380,10 @@ def _column(attribute: Column_) -> Column[Any]:
     """The table column of a model attribute (``Item.embedding_v2``) or of a ``Column``."""
     if isinstance(attribute, Column):
         return attribute
-    columns = getattr(attribute.property, "columns", None)
+    # Anything else named on the command line (a model, a function) has no .property.
+    columns = getattr(getattr(attribute, "property", None), "columns", None)
     if not columns or not isinstance(columns[0], Column):
-        raise BackfillError(f"{attribute} is not a column of a table")
+        raise BackfillError(f"{attribute} is not a column of a table; name one: Model.column")
     return columns[0]
 
 
@@ -580,9 +584,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     logging.basicConfig(format=f"{PROG}: %(message)s", level=logging.WARNING)
+    url: URL | None = None
     try:
         target = load_object(args.target, "the target")
         embed = load_object(args.embed, "--embed")
+        if not callable(embed):
+            raise BackfillError(
+                f"--embed {args.embed!r} names a {type(embed).__name__}, not a function"
+            )
         transient = tuple(
             load_object(name.strip(), "--transient")
             for name in args.transient.split(",")
@@ -598,12 +607,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if inspect.iscoroutinefunction(embed):
             async_engine = create_async_app_engine()
+            url = async_engine.url
             try:
                 result = asyncio.run(abackfill(async_engine, target, sources, embed, **arguments))
             finally:
                 asyncio.run(async_engine.dispose())
         else:
             engine = create_app_engine()
+            url = engine.url
             try:
                 result = backfill(engine, target, sources, embed, **arguments)
             finally:
@@ -612,9 +623,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     except DBAPIError as error:
-        orig = cast(Any, error.orig)
-        message = getattr(getattr(orig, "diag", None), "message_primary", None) or str(orig)
-        print(f"{PROG}: error: the database refused a batch: {message}", file=sys.stderr)
+        # A server that cannot be reached, or refuses the login, is said as the migrations say it.
+        described = describe(error, url)
+        if described is None:
+            orig = cast(Any, error.orig)
+            primary = getattr(getattr(orig, "diag", None), "message_primary", None)
+            described = f"the database refused a batch: {primary or first_line(orig)}"
+        print(f"{PROG}: error: {described}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(

@@ -15,14 +15,16 @@ from __future__ import annotations
 import itertools
 import struct
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from pgvector import HalfVector, SparseVector, Vector
 from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
-from sqlalchemy import BigInteger, Boolean, Column, Integer, SmallInteger, String
+from sqlalchemy import BigInteger, Boolean, Column, Integer, SmallInteger, String, Uuid
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -379,7 +381,7 @@ def _field_encoder(column: Column[Any], encoding: str, hnsw_index: str | None) -
     ``hnsw_index`` names the HNSW index a sparse vector must fit, for a first load: its build
     would refuse the vector without naming the row.
     """
-    encode = _value_encoder(column, encoding, hnsw_index)
+    encode = _value_encoder(column.name, column.type, encoding, hnsw_index)
     name = column.name
     nullable = column.nullable
 
@@ -396,8 +398,28 @@ def _field_encoder(column: Column[Any], encoding: str, hnsw_index: str | None) -
     return field
 
 
-def _value_encoder(column: Column[Any], encoding: str, hnsw_index: str | None) -> Encoder:
-    type_ = column.type
+def _value_encoder(
+    name: str, type_: TypeEngine[Any], encoding: str, hnsw_index: str | None
+) -> Encoder:
+    if not isinstance(type_, TypeDecorator):
+        return _type_encoder(name, type_, encoding, hnsw_index)
+    # The column's own type stores what process_bind_param makes of a value, as the ORM would
+    # send it: a lower-cased text, an encrypted one, a normalized vector.
+    inner = _value_encoder(name, type_.impl_instance, encoding, hnsw_index)
+    bind = type_.process_bind_param
+
+    def encode(value: Any) -> bytes:
+        bound = bind(value, DIALECT)
+        if bound is None:
+            raise ValueError(f"{type(type_).__name__} made None of {value!r}")
+        return inner(bound)
+
+    return encode
+
+
+def _type_encoder(
+    name: str, type_: TypeEngine[Any], encoding: str, hnsw_index: str | None
+) -> Encoder:
     if isinstance(type_, VECTOR | HALFVEC):
         return _dense_encoder(type_)
     if isinstance(type_, SPARSEVEC):
@@ -408,11 +430,28 @@ def _value_encoder(column: Column[Any], encoding: str, hnsw_index: str | None) -
         return _integer_encoder(type_)
     if isinstance(type_, String):
         return _text_encoder(type_.length, encoding)
+    if isinstance(type_, Uuid):
+        return _uuid
     raise UnloadableError(
-        f"column {column.name} has type {type_.compile(dialect=DIALECT)}, which "
-        "the binary loader does not encode; supported: integers, booleans, strings, VECTOR, "
-        "HALFVEC, SPARSEVEC (pass columns= to leave it to its default)"
+        f"column {name} has type {type_.compile(dialect=DIALECT)}, which "
+        "the binary loader does not encode; supported: integers, booleans, strings, UUID, "
+        "VECTOR, HALFVEC, SPARSEVEC (pass columns= to leave it to its default)"
     )
+
+
+UUID_FIELD = LENGTH.pack(16)
+
+
+def _uuid(value: Any) -> bytes:
+    # uuid_recv takes the 16 bytes in order; a string is read as the server would read its text.
+    if isinstance(value, str):
+        try:
+            value = uuid.UUID(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a UUID") from None
+    if not isinstance(value, uuid.UUID):
+        raise TypeError(f"expected a UUID, got {value!r}")
+    return UUID_FIELD + value.bytes
 
 
 def _boolean(value: Any) -> bytes:

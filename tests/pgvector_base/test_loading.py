@@ -12,6 +12,7 @@ import math
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
+    Uuid,
     create_engine,
     func,
     select,
@@ -42,6 +45,8 @@ from sqlalchemy import (
 from sqlalchemy import (
     table as table_clause,
 )
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pgvector_base.loading import (
@@ -449,6 +454,89 @@ def test_finite_values_at_the_limits_of_the_types_load(engine: Engine) -> None:
     assert [float(value) for value in stored.half[1:-1].split(",")] == half
 
 
+UUID_TABLE = Table(
+    "loading_uuid",
+    MetaData(),
+    Column("id", Uuid, primary_key=True),
+    Column("ref", postgresql.UUID(as_uuid=False)),
+    Column("embedding", VECTOR(3)),
+)
+
+
+@pytest.fixture
+def uuid_table(engine: Engine) -> Iterator[Table]:
+    """:data:`UUID_TABLE`, made for the test and dropped after it."""
+    UUID_TABLE.create(engine)
+    yield UUID_TABLE
+    UUID_TABLE.drop(engine)
+
+
+def test_uuid_keys_load_as_the_server_reads_their_text(engine: Engine, uuid_table: Table) -> None:
+    keys = [uuid.uuid4() for _ in range(3)]
+    rows = [
+        (keys[0], str(keys[1]), [1.0, 2.0, 3.0]),
+        (keys[1], keys[2].hex.upper(), [0.5, 0.5, 0.5]),
+        (keys[2], None, [0.0, 1.0, 0.0]),
+    ]
+    with engine.begin() as connection:
+        assert load(connection, uuid_table, rows).rows == 3
+        stored = connection.execute(
+            text("SELECT id::text, ref::text FROM loading_uuid ORDER BY id")
+        ).all()
+    assert sorted(stored) == sorted(
+        [(str(keys[0]), str(keys[1])), (str(keys[1]), str(keys[2])), (str(keys[2]), None)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("not-a-uuid", "line 2: ref: 'not-a-uuid' is not a UUID"),
+        (12, "line 2: ref: expected a UUID, got 12"),
+    ],
+)
+def test_a_bad_uuid_is_named_by_its_line(
+    engine: Engine, uuid_table: Table, value: Any, message: str
+) -> None:
+    rows = [(uuid.uuid4(), None, [1.0, 2.0, 3.0]), (uuid.uuid4(), value, [1.0, 2.0, 3.0])]
+    with pytest.raises(LoadError) as failed, engine.begin() as connection:
+        load(connection, uuid_table, rows)
+    assert str(failed.value).startswith(message)
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM loading_uuid")) == 0
+
+
+class Lowercase(TypeDecorator[str]):
+    """Text stored lower-cased: a type of the application's own."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else value.lower()
+
+
+DECORATED_TABLE = Table(
+    "loading_decorated",
+    MetaData(),
+    Column("id", BigInteger, primary_key=True),
+    Column("tag", Lowercase),
+)
+
+
+def test_a_type_of_its_own_stores_what_its_bind_processing_makes(engine: Engine) -> None:
+    DECORATED_TABLE.create(engine)
+    try:
+        with engine.begin() as connection:
+            load(connection, DECORATED_TABLE, [(1, "MiXeD"), (2, None)])
+            stored = connection.execute(
+                text("SELECT id, tag FROM loading_decorated ORDER BY id")
+            ).all()
+    finally:
+        DECORATED_TABLE.drop(engine)
+    assert stored == [(1, "mixed"), (2, None)]
+
+
 def test_a_column_type_without_an_encoder_is_refused(engine: Engine) -> None:
     documents = Table("documents", MetaData(), Column("body", JSON))
     with (
@@ -754,7 +842,7 @@ STALE_COLUMNS = Table(
     Column("id", BigInteger, primary_key=True),
     Column("title", String(20)),
 )
-SUPPORTED = "supported: integers, booleans, strings, VECTOR, HALFVEC, SPARSEVEC"
+SUPPORTED = "supported: integers, booleans, strings, UUID, VECTOR, HALFVEC, SPARSEVEC"
 ADVICE = "run the migrations (alembic upgrade head) or fix the model of loading_document"
 
 

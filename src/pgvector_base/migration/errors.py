@@ -43,6 +43,7 @@ LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 DISK_FULL = "53100"
 DEPENDENT_OBJECTS_STILL_EXIST = "2BP01"
+NOT_NULL_VIOLATION = "23502"
 
 # pgvector's complaint about a vector of the wrong size, and PostgreSQL's about a bit string.
 DIMENSION_MISMATCH = re.compile(
@@ -53,6 +54,11 @@ ALTER_COLUMN_TYPE = re.compile(
 )
 
 
+NOT_NULL_DDL = re.compile(
+    r"ALTER TABLE (?P<table>\S+) "
+    r"(?:ADD COLUMN (?P<added>\S+)|ALTER COLUMN (?P<altered>\S+) SET NOT NULL)",
+    re.IGNORECASE,
+)
 INTERRUPTED = (
     "interrupted (Ctrl-C); the migration's open transaction was rolled back; "
     "`alembic current` shows the revision the database is at: run the command again to go on"
@@ -237,6 +243,24 @@ def dimension_mismatch(failure: Failure) -> str | None:
     )
 
 
+def not_null_refused(failure: Failure) -> str | None:
+    """A column added, or declared, ``NOT NULL`` on a table whose rows have no value for it.
+
+    The downgrade of a dropped column is the usual case: it adds the column back as the model had
+    it, but its values are gone.
+    """
+    ddl = NOT_NULL_DDL.search(failure.statement or "")
+    if failure.code != NOT_NULL_VIOLATION or ddl is None:
+        return None
+    column = ddl["added"] or ddl["altered"]
+    return (
+        f"cannot make {ddl['table']}.{column} NOT NULL: rows already stored have no value in it; "
+        "the migration was rolled back. Add the column nullable, fill it, then declare it NOT "
+        "NULL; a downgrade that adds back a dropped column cannot bring its values back: make "
+        "that add_column nullable=True"
+    )
+
+
 def timed_out(failure: Failure) -> str | None:
     """A statement that ``lock_timeout`` or ``statement_timeout`` canceled.
 
@@ -291,6 +315,7 @@ EXPLANATIONS: tuple[Callable[[Failure], str | None], ...] = (
     connection_failed,
     dependent_objects,
     dimension_mismatch,
+    not_null_refused,
     timed_out,
     shared_memory_exhausted,
 )

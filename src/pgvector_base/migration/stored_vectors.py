@@ -157,8 +157,8 @@ def table_drop_problems(
         else ""
     )
     return [
-        f"autogenerate would drop table {name}{what}; to drop it, run again with "
-        f"-x {ALLOW_DROP}={name}; if another tool owns the table, add it to exclude_tables in "
+        f"autogenerate would drop table {name}{what}; to drop it, {drop_command(name)}; if "
+        "another tool owns the table, add it to exclude_tables in "
         f"alembic.ini instead{also}"
     ]
 
@@ -207,6 +207,11 @@ def rename_pairs(modify: ops.ModifyTableOps, dialect: Dialect, allowed: set[str]
         modify.ops.remove(same_adds[0])
 
 
+def drop_command(name: str) -> str:
+    """How to give a drop leave: ``-x`` goes before Alembic's command, or Alembic refuses it."""
+    return f"autogenerate again as alembic -x {ALLOW_DROP}={name} revision --autogenerate"
+
+
 def column_problems(modify: ops.ModifyTableOps, dialect: Dialect, allowed: set[str]) -> list[str]:
     """Vector columns ``modify`` would drop without leave, or add ``NOT NULL`` to a table."""
     problems = []
@@ -218,8 +223,8 @@ def column_problems(modify: ops.ModifyTableOps, dialect: Dialect, allowed: set[s
                 problems.append(
                     f"autogenerate would drop column {name} ({type_spec(column.type, dialect)}) "
                     "and every vector stored in it; to rename it, rename the column in the model "
-                    "and change nothing else about it in the same revision; to drop it, run "
-                    f"again with -x {ALLOW_DROP}={name}"
+                    "and change nothing else about it in the same revision; to drop it, "
+                    f"{drop_command(name)}"
                 )
         elif isinstance(op, ops.AddColumnOp):
             column = op.column

@@ -63,7 +63,8 @@ def test_dropping_a_vector_column_needs_the_run_to_name_it(stored: Project) -> N
     assert stored.refused(passage()) == (
         "autogenerate would drop column passage.embedding (vector(3)) and every vector stored in "
         "it; to rename it, rename the column in the model and change nothing else about it in "
-        "the same revision; to drop it, run again with -x allow_drop=passage.embedding"
+        "the same revision; to drop it, autogenerate again as alembic -x "
+        "allow_drop=passage.embedding revision --autogenerate"
     )
 
     stored.revise(passage(), allow_drop="passage.embedding")
@@ -72,6 +73,26 @@ def test_dropping_a_vector_column_needs_the_run_to_name_it(stored: Project) -> N
     assert stored.fetch("SELECT count(*) FROM passage") == [(2,)]
     stored.downgrade()
     assert vectors(stored, "embedding") == [(1, None), (2, None)]
+
+
+def test_the_downgrade_of_a_dropped_not_null_column_stops_in_one_line(project: Project) -> None:
+    # The generated downgrade adds the column back NOT NULL, which rows without it refuse.
+    project.revise(passage(embedding(nullable=False)))
+    project.upgrade()
+    project.execute("INSERT INTO passage VALUES (1, '[1,2,3]')")
+    project.revise(passage(), allow_drop="passage.embedding")
+    project.upgrade()
+    head = project.fetch("SELECT version_num FROM alembic_version")
+    with pytest.raises(CommandError) as failure:
+        project.downgrade()
+    assert str(failure.value) == (
+        "cannot make passage.embedding NOT NULL: rows already stored have no value in it; the "
+        "migration was rolled back. Add the column nullable, fill it, then declare it NOT NULL; "
+        "a downgrade that adds back a dropped column cannot bring its values back: make that "
+        "add_column nullable=True"
+    )
+    assert project.fetch("SELECT version_num FROM alembic_version") == head
+    assert project.fetch("SELECT count(*) FROM passage") == [(1,)]
 
 
 def test_naming_a_rename_candidate_drops_and_adds_instead(stored: Project) -> None:
@@ -84,9 +105,13 @@ def test_naming_a_rename_candidate_drops_and_adds_instead(stored: Project) -> No
 
 
 def test_a_drop_and_add_of_another_type_is_not_a_rename(stored: Project) -> None:
-    with pytest.raises(CommandError, match=r"-x allow_drop=passage\.embedding$"):
+    with pytest.raises(
+        CommandError, match=r"-x allow_drop=passage\.embedding revision --autogenerate$"
+    ):
         stored.revise(passage(embedding("vec", HALFVEC(3))))
-    with pytest.raises(CommandError, match=r"-x allow_drop=passage\.embedding$"):
+    with pytest.raises(
+        CommandError, match=r"-x allow_drop=passage\.embedding revision --autogenerate$"
+    ):
         stored.revise(passage(embedding("vec", VECTOR(4))))
 
 
@@ -94,8 +119,8 @@ def test_dropping_a_table_with_vectors_needs_the_run_to_name_it(stored: Project)
     with pytest.raises(
         CommandError,
         match=r"drop table passage and the vectors stored in "
-        r"embedding \(vector\(3\)\); to drop it, run again with "
-        r"-x allow_drop=passage;",
+        r"embedding \(vector\(3\)\); to drop it, autogenerate again as alembic "
+        r"-x allow_drop=passage revision --autogenerate;",
     ):
         stored.revise(passage(table=False))
     stored.revise(passage(table=False), allow_drop="passage")
@@ -156,8 +181,9 @@ def test_a_table_that_holds_rows_is_dropped_only_when_the_run_names_it(project: 
     )
     project.execute("CREATE TABLE scratch (id integer PRIMARY KEY)")
     assert project.refused(MetaData()) == (
-        "autogenerate would drop table chat_history, which holds rows; to drop it, run again "
-        "with -x allow_drop=chat_history; if another tool owns the table, add it to "
+        "autogenerate would drop table chat_history, which holds rows; to drop it, autogenerate "
+        "again as alembic -x allow_drop=chat_history revision --autogenerate; if another tool "
+        "owns the table, add it to "
         "exclude_tables in alembic.ini instead"
     )
 
@@ -177,12 +203,14 @@ def test_a_collection_table_names_the_tables_that_reference_it(project: Project)
     with pytest.raises(CommandError) as refused:
         project.check(MetaData())
     assert str(refused.value) == (
-        "autogenerate would drop table langchain_pg_collection, which holds rows; to drop it, run "
-        "again with -x allow_drop=langchain_pg_collection; if another tool owns the table, add it "
+        "autogenerate would drop table langchain_pg_collection, which holds rows; to drop it, "
+        "autogenerate again as alembic -x allow_drop=langchain_pg_collection revision "
+        "--autogenerate; if another tool owns the table, add it "
         "to exclude_tables in alembic.ini instead, together with the tables that reference it by "
         "foreign key (langchain_pg_embedding); autogenerate would drop table "
-        "langchain_pg_embedding and the vectors stored in embedding (vector(3)); to drop it, run "
-        "again with -x allow_drop=langchain_pg_embedding; if another tool owns the table, add it "
+        "langchain_pg_embedding and the vectors stored in embedding (vector(3)); to drop it, "
+        "autogenerate again as alembic -x allow_drop=langchain_pg_embedding revision "
+        "--autogenerate; if another tool owns the table, add it "
         "to exclude_tables in alembic.ini instead"
     )
 
@@ -230,8 +258,9 @@ def test_the_row_check_reads_the_table_in_its_own_schema(project: Project) -> No
         "INSERT INTO rag.chat_history (session_id, message) VALUES (gen_random_uuid(), '{}')"
     )
     assert project.refused(models) == (
-        "autogenerate would drop table rag.chat_history, which holds rows; to drop it, run again "
-        "with -x allow_drop=rag.chat_history; if another tool owns the table, add it to "
+        "autogenerate would drop table rag.chat_history, which holds rows; to drop it, "
+        "autogenerate again as alembic -x allow_drop=rag.chat_history revision --autogenerate; "
+        "if another tool owns the table, add it to "
         "exclude_tables in alembic.ini instead"
     )
 

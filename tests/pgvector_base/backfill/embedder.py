@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,3 +90,13 @@ class Note(Base):
     title: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     embedding_v2: Mapped[Any] = mapped_column(HALFVEC(NEW_DIM), nullable=True)
+
+
+class Passage(Base):
+    """A table keyed by UUID, as a RAG application's chunks often are."""
+
+    __tablename__ = "backfill_passage"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    embedding_v2: Mapped[Any] = mapped_column(VECTOR(NEW_DIM), nullable=True)

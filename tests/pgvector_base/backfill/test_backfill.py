@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +23,9 @@ from sqlalchemy.exc import OperationalError
 from pgvector_base.backfill import BackfillError, backfill, main
 from pgvector_base.database import DATABASE_URL_ENV
 
+from ..reliability.servers import free_port
 from .conftest import REPOSITORY_ROOT, fill, stored, wrong_rows
-from .embedder import NEW_DIM, Doc, Note, embed, vectors
+from .embedder import NEW_DIM, Doc, Note, Passage, embed, vectors
 
 
 def null_count(engine: Engine) -> int:
@@ -84,6 +86,20 @@ def test_text_keys_several_sources_and_halfvec(doc_engine: Engine) -> None:
     for key, found in stored_notes:
         expected = vectors([f"{key.upper()}|{key}"])[0].astype(np.float16)
         assert np.array_equal(np.asarray(found, np.float16), expected), key
+
+
+def test_uuid_keys(doc_engine: Engine) -> None:
+    # PostgreSQL has no max(uuid): a pass's bound must not depend on it.
+    bodies = {uuid.uuid4(): f"passage {n}" for n in range(250)}
+    with doc_engine.begin() as connection:
+        connection.execute(insert(Passage), [{"id": k, "body": b} for k, b in bodies.items()])
+    result = backfill(doc_engine, Passage.embedding_v2, ["body"], embed, batch_size=100)
+    assert (result.rows, result.calls, result.remaining) == (250, 3, 0)
+    with doc_engine.connect() as connection:
+        stored_passages = connection.execute(select(Passage.id, Passage.embedding_v2)).all()
+    assert len(stored_passages) == 250
+    for key, found in stored_passages:
+        assert np.array_equal(np.asarray(found, np.float32), vectors([bodies[key]])[0]), key
 
 
 def test_a_table_without_the_trigger_is_warned_about(
@@ -324,8 +340,23 @@ def test_the_command_runs_an_async_embed_function_on_the_async_engine(
             ],
             "backfill_doc.body must be a VECTOR(n) or HALFVEC(n) column to backfill, not TEXT",
         ),
+        (
+            ["tests.pgvector_base.backfill.embedder:Doc", "--source", "body", "--embed", EMBED],
+            "<class 'tests.pgvector_base.backfill.embedder.Doc'> is not a column of a table; "
+            "name one: Model.column",
+        ),
+        (
+            [
+                TARGET,
+                "--source",
+                "body",
+                "--embed",
+                "tests.pgvector_base.backfill.embedder:NEW_DIM",
+            ],
+            "--embed 'tests.pgvector_base.backfill.embedder:NEW_DIM' names a int, not a function",
+        ),
     ],
-    ids=["unknown source", "unknown function", "not a vector"],
+    ids=["unknown source", "unknown function", "not a vector", "a model", "not callable"],
 )
 def test_the_command_refuses_bad_arguments_in_one_line(
     doc_url: URL,
@@ -339,6 +370,23 @@ def test_the_command_refuses_bad_arguments_in_one_line(
     refused = capsys.readouterr()
     assert refused.out == ""
     assert refused.err.splitlines() == [f"pgvector-backfill: error: {error}"]
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    monkeypatch.setenv(DATABASE_URL_ENV, f"postgresql://app:Secret-pw-42@127.0.0.1:{port}/app")
+    target = "tests.pgvector_base.backfill.embedder:Doc.embedding_v2"
+    embed_name = "tests.pgvector_base.backfill.embedder:embed"
+    assert main([target, "--source", "body", "--embed", embed_name, "--no-progress"]) == 1
+    refused = capsys.readouterr()
+    assert "Secret-pw-42" not in refused.out + refused.err
+    assert refused.err.splitlines() == [
+        f"pgvector-backfill: error: cannot connect to PostgreSQL at 127.0.0.1:{port} "
+        "(database 'app'): Connection refused; is the server running? (docker compose up -d db, "
+        "or unset DATABASE_URL for the embedded server)"
+    ]
 
 
 def test_a_missing_column_points_at_the_expand_migration(
