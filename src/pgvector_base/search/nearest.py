@@ -41,7 +41,7 @@ from pgvector_base.search.query import (
     query_type,
 )
 from pgvector_base.search.ranking import ranked_keys, ranked_rows
-from pgvector_base.search.settings import SearchSettings, local_settings
+from pgvector_base.search.settings import SearchSettings
 from pgvector_base.session import READ_REPLICA, set_local
 
 ModelT = TypeVar("ModelT")
@@ -260,27 +260,27 @@ class VectorSearch(Generic[ModelT]):
         the statement (a replica's, for a :class:`~pgvector_base.session.RoutingSession`), so
         that the settings reach the server that runs it.
         """
-        if isinstance(self.index, QuantizedIndex):
-            index_settings = quantized.settings_statement(
-                self.index, settings, parameters["candidates"]
-            )
-        else:
-            index_settings = local_settings(settings.parameters(self.index) if settings else {})
+        index_settings = settings.parameters(self.index) if settings else {}
         # Before the connection is picked, as session.execute does: a routing session with
         # pending changes then counts as having written, and reads from the primary.
         if session.autoflush:
             session.flush()
-        if index_settings is None and not core:
-            return session.execute(statement, parameters).all()
         connection = session.connection(bind_arguments={"clause": statement})
-        if index_settings is None:
-            return connection.execute(statement, parameters).all()
+        if isinstance(self.index, QuantizedIndex):
+            index_settings = quantized.raised_ef_search(
+                self.index, index_settings, parameters["candidates"], connection
+            )
+        if not index_settings:
+            if core:
+                return connection.execute(statement, parameters).all()
+            return session.execute(statement, parameters).all()
         # The connection's savepoint, not session.begin_nested(), which would flush even a
         # session that does not autoflush; nothing is left to flush inside it, so rolling it
-        # back undoes nothing but the settings.
+        # back undoes nothing but the settings. set_local, so that they reach a Citus
+        # cluster's shards too.
         savepoint = connection.begin_nested()
         try:
-            connection.execute(index_settings)
+            set_local(connection, index_settings)
             if core:
                 return connection.execute(statement, parameters).all()
             with session.no_autoflush:

@@ -32,13 +32,13 @@ from sqlalchemy import (
     Float,
     Integer,
     Select,
-    Text,
     bindparam,
     func,
     inspect,
     select,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from pgvector_base.search.indexes import Distance, Quantization, QuantizedIndex
@@ -123,21 +123,23 @@ def candidates(k: int, settings: SearchSettings | None, index: QuantizedIndex) -
     return min(k * oversampling, INT4_MAX)
 
 
-def settings_statement(
-    index: QuantizedIndex, settings: SearchSettings | None, wanted: int
-) -> Select[Any] | None:
-    """The statement that applies ``settings`` for a scan of ``index`` until the transaction
-    ends, and, when they leave ``hnsw.ef_search`` alone, raises it to ``wanted`` candidates
-    where it is lower (never lowering what the server or :meth:`VectorSearch.configure` set)."""
-    parameters = settings.parameters(index) if settings else {}
-    calls = [func.set_config(name, value, True) for name, value in parameters.items()]
-    if (
-        index.method == "hnsw"
-        and "hnsw.ef_search" not in parameters
-        and wanted > HNSW_DEFAULT_EF_SEARCH
-    ):
-        # NULL (missing_ok) before pgvector's library is loaded: greatest() ignores it.
-        current = sql_cast(func.current_setting("hnsw.ef_search", True), Integer)
-        at_least = func.greatest(current, min(wanted, HNSW_MAX_EF_SEARCH))
-        calls.append(func.set_config("hnsw.ef_search", sql_cast(at_least, Text), True))
-    return select(*calls) if calls else None
+def raised_ef_search(
+    index: QuantizedIndex, parameters: Mapping[str, str], wanted: int, connection: Connection
+) -> dict[str, str]:
+    """``parameters`` (a search's settings for ``index``), with ``hnsw.ef_search`` raised to
+    ``wanted`` candidates when they leave it alone and the connection's value is lower: never
+    lowering what the server or :meth:`VectorSearch.configure` set.
+
+    The current value is read from ``connection``, so that the result can be applied by
+    :func:`~pgvector_base.session.set_local` like any search's settings (which a Citus cluster's
+    shards need); that read is one round trip, and only for an HNSW index asked for more than
+    pgvector's default of candidates.
+    """
+    if index.method != "hnsw" or "hnsw.ef_search" in parameters or wanted <= HNSW_DEFAULT_EF_SEARCH:
+        return dict(parameters)
+    # NULL (missing_ok) before pgvector's library is loaded in the session: the default, then.
+    current = connection.scalar(select(func.current_setting("hnsw.ef_search", True)))
+    target = min(wanted, HNSW_MAX_EF_SEARCH)
+    if current is not None and int(current) >= target:
+        return dict(parameters)
+    return {**parameters, "hnsw.ef_search": str(target)}

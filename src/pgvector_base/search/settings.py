@@ -7,11 +7,8 @@ its workers too), so they never reach another user of a pooled connection.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
-
-from sqlalchemy import Select, func, select
+from typing import Literal, get_args
 
 from pgvector_base.search.indexes import QuantizedIndex, VectorIndex
 from pgvector_base.search.query import INT4_MAX
@@ -100,11 +97,3 @@ class SearchSettings:
                 f"{index.name} is an ivfflat index, whose iterative scans are relaxed_order only"
             )
         return {name: str(value) for name, value in own[index.method].items() if value is not None}
-
-
-def local_settings(settings: Mapping[str, str]) -> Select[Any] | None:
-    """``SELECT set_config(name, value, true), ...``: ``settings`` until the transaction ends,
-    as :func:`~pgvector_base.session.set_local` applies them; ``None`` for no settings."""
-    if not settings:
-        return None
-    return select(*(func.set_config(name, value, True) for name, value in settings.items()))
