@@ -18,6 +18,15 @@ from sqlalchemy.engine import URL
 from tests.conftest import REPOSITORY_ROOT
 from tests.template.projects import commit_all, copy_files, working_tree_files
 
+TEMPLATE_TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the generation tests first. Each makes a project and runs its commands (one its whole
+    CI, for minutes); at the end of the run they would run alone on one xdist worker, and first
+    they overlap the rest."""
+    items.sort(key=lambda item: TEMPLATE_TESTS not in item.path.parents)
+
 
 @pytest.fixture(scope="session")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
