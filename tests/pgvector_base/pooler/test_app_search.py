@@ -194,6 +194,10 @@ def direct_url(vector_engine: Engine) -> URL:
                 "embedding": vectors,
             },
         )
+    # Vacuumed now, as autovacuum would do later: its page counts can change a search's plan (an
+    # exact scan finds other neighbours than the index) between the direct and pooled answers.
+    with vector_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM ANALYZE pooled_item"))
     return vector_engine.url
 
 
